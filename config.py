@@ -1,0 +1,430 @@
+"""One set of dataclass configs for every stage, tuned per environment.
+
+`get_config(environment, preset, overrides)` is the only way the stages build a config:
+
+    cfg = get_config("ALE/Pong-v5", preset="smoke", overrides=["vae.beta=2.0"])
+
+* Presets: ``smoke`` (the whole pipeline in a minute or two: tests and first runs), ``default`` (the
+  settings we train with on a workstation) and ``paper`` (Ha & Schmidhuber's scale: 10,000 rollouts,
+  64 candidates x 16 rollouts per generation).
+* Per-environment values live in ``ENVIRONMENT_PRESETS`` below; any other registered Gymnasium env gets
+  the generic values of the dataclasses.
+* Every field can be overridden with ``section.field=value`` (``--set`` on every CLI); the value is parsed
+  into the field's type and unknown keys are refused with the list of valid ones.
+* The whole config is saved in every checkpoint (`config_to_dict`) and read back with `config_from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from utils.errors import WorldModelsError
+
+PRESETS = ("smoke", "default", "paper")
+
+# Old names users still type. Gymnasium 1.x removed the v2 Box2D envs; v3 fixes bugs of v2 and keeps
+# observation and action spaces, so the alias is safe.
+ENV_ALIASES = {
+    "LunarLander-v2": "LunarLander-v3",
+    "CarRacing-v2": "CarRacing-v3",
+    "Pong-v5": "ALE/Pong-v5",
+    "Breakout-v5": "ALE/Breakout-v5",
+}
+SUPPORTED_ENVS = ("ALE/Pong-v5", "ALE/Breakout-v5", "LunarLander-v3", "CarRacing-v3")
+
+
+@dataclass
+class EnvConfig:
+    """Which environment, and how an observation becomes the (64, 64, 3) uint8 frame V sees."""
+
+    env_id: str = "ALE/Pong-v5"
+    frame_size: int = 64  # frames are square: (frame_size, frame_size, 3)
+    crop_top: int = 0  # rows cut from the top of the env image before resizing (score bars, HUD)
+    crop_bottom: int = 0  # rows cut from the bottom (CarRacing's dashboard, as in the paper's code)
+    max_episode_steps: int = 1000  # cap for World Models rollouts (collection, controller, evaluation)
+    env_kwargs: str = ""  # extra gymnasium.make kwargs, "key=value,key=value" (e.g. "continuous=True")
+
+
+@dataclass
+class CollectConfig:
+    """Stage 1: random rollouts on disk."""
+
+    num_rollouts: int = 1000
+    workers: int = 0  # 0 = one worker process per CPU core
+    policy: str = "uniform"  # uniform | repeat | random_walk (smoother exploration, paper section 3)
+    repeat_min: int = 1  # `repeat`: each sampled action is held for U[repeat_min, repeat_max] steps
+    repeat_max: int = 8
+    walk_sigma: float = 0.3  # `random_walk`: std of the Gaussian step of the continuous action walk
+    compress: bool = False  # zlib-compressed .npz: ~10x smaller on disk, slower to write and read
+
+
+@dataclass
+class VAEConfig:
+    """Stage 2: the ConvVAE (V)."""
+
+    latent_size: int = 32
+    batch_norm: bool = True
+    recon_loss: str = "bce"  # bce (the seed's choice) | mse (the paper's)
+    beta: float = 4.0
+    beta_warmup_epochs: float = 5.0  # beta rises linearly from 0 over this many epochs; 0 = no annealing
+    kl_tolerance: float = 0.0  # free bits per latent dim (paper: 0.5); 0 = off
+    learning_rate: float = 1e-4
+    batch_size: int = 128
+    epochs: int = 20
+    val_fraction: float = 0.05  # share of episodes held out for validation
+    episodes_per_chunk: int = 64  # episodes loaded into RAM at once by the shuffling loader
+    max_steps_per_epoch: int = 0  # 0 = a full pass over the training frames
+    channels_last: bool = True
+    amp: bool = True  # autocast on CUDA (bf16 where supported, fp16 + GradScaler otherwise)
+
+
+@dataclass
+class MDNRNNConfig:
+    """Stage 3: the MDN-RNN (M)."""
+
+    hidden_size: int = 256
+    num_mixtures: int = 5
+    sequence_length: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    epochs: int = 20
+    grad_clip: float = 1.0
+    reward_weight: float = 1.0  # weight of the reward-prediction loss (MSE)
+    done_weight: float = 1.0  # weight of the done-prediction loss (BCE)
+    val_fraction: float = 0.05
+    max_steps_per_epoch: int = 0
+    train: bool = True  # false = keep M untrained (the paper's ablation)
+    amp: bool = True
+
+
+@dataclass
+class ControllerConfig:
+    """Stage 4: the controller (C) and CMA-ES."""
+
+    hidden_sizes: tuple[int, ...] = ()  # () = linear controller, as in the paper
+    inputs: str = "zh"  # zh = [z_t, h_t] (full model) | z = z_t only (ablation)
+    mode: str = "real"  # real = evaluate candidates in the environment | dream = inside M
+    population_size: int = 64
+    sigma: float = 0.5
+    generations: int = 100
+    rollouts_per_candidate: int = 4
+    eval_every: int = 5  # every N generations, re-evaluate the mean/best on more episodes
+    eval_episodes: int = 16
+    temperature: float = 1.15  # tau for sampling M in the dream
+    dream_max_steps: int = 1000
+    workers: int = 0  # 0 = one per core
+    video_every: int = 10  # log a video of the best candidate every N generations; 0 = never
+    sample_actions: bool = False  # discrete actions: sample from softmax instead of argmax
+
+
+@dataclass
+class PPOConfig:
+    """The PPO baseline (Huang et al. 2022, 'The 37 implementation details of PPO')."""
+
+    observation: str = "auto"  # auto | state | pixels (auto: Atari -> pixels, others -> state)
+    total_timesteps: int = 10_000_000
+    num_envs: int = 8
+    num_steps: int = 128
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.1
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float = 0.0  # 0 = no early stop on KL
+    normalize_observation: bool = False  # running mean/std of vector observations
+    normalize_reward: bool = False  # scale rewards by a running std of the discounted return
+    frame_skip: int = 4  # Atari: max-and-skip (the env is made with frameskip=1); CarRacing: action repeat
+    frame_stack: int = 4
+    frame_size: int = 84
+    grayscale: bool = True
+    checkpoint_every: int = 50  # iterations between checkpoints
+
+
+@dataclass
+class ExperimentConfig:
+    """Where a run writes, and the knobs shared by every stage."""
+
+    name: str = ""  # "" = the environment's slug (ALE/Pong-v5 -> pong-v5)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data_dir: str = "data"
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "logs"
+    video_dir: str = "videos"
+    results_dir: str = "results"
+
+
+@dataclass
+class Config:
+    """Every stage's config. Sections are addressed as `section.field` in overrides."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    @property
+    def env_slug(self) -> str:
+        return env_slug(self.env.env_id)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment.name or self.env_slug
+
+
+# Per-environment tuned values, as overrides on top of the dataclass defaults.
+ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "ALE/Pong-v5": {
+        # Rows 34..194 are the playfield; the score bar above carries no state V needs.
+        "env.crop_top": 34,
+        "env.crop_bottom": 16,
+        "env.max_episode_steps": 2000,
+        "collect.policy": "repeat",
+        "collect.num_rollouts": 500,
+        "ppo.total_timesteps": 10_000_000,
+    },
+    "ALE/Breakout-v5": {
+        "env.crop_top": 32,
+        "env.crop_bottom": 14,
+        "env.max_episode_steps": 2000,
+        "collect.policy": "repeat",
+        "collect.num_rollouts": 500,
+        "ppo.total_timesteps": 10_000_000,
+    },
+    "LunarLander-v3": {
+        "env.max_episode_steps": 1000,
+        "collect.policy": "repeat",
+        "collect.repeat_max": 4,
+        "collect.num_rollouts": 1000,
+        "vae.epochs": 10,
+        "mdnrnn.sequence_length": 64,
+        "controller.rollouts_per_candidate": 4,
+        "controller.generations": 60,
+        # rl-zoo's tuned LunarLander values; gymnasium-notes.md lists them.
+        "ppo.total_timesteps": 1_000_000,
+        "ppo.num_envs": 16,
+        "ppo.num_steps": 1024,
+        "ppo.num_minibatches": 256,  # 16 x 1024 / 256 = minibatches of 64
+        "ppo.update_epochs": 4,
+        "ppo.learning_rate": 3e-4,
+        "ppo.gamma": 0.999,
+        "ppo.gae_lambda": 0.98,
+        "ppo.clip_coef": 0.2,
+        "ppo.ent_coef": 0.01,
+        "ppo.checkpoint_every": 5,
+    },
+    "CarRacing-v3": {
+        "env.crop_bottom": 12,  # 96x96 -> 84x96: the dashboard goes, as in the paper's code
+        "env.max_episode_steps": 1000,
+        "collect.policy": "random_walk",
+        "collect.num_rollouts": 1000,
+        "controller.temperature": 1.15,
+        "ppo.total_timesteps": 4_000_000,
+        "ppo.num_envs": 8,
+        "ppo.num_steps": 512,
+        "ppo.num_minibatches": 32,
+        "ppo.update_epochs": 10,
+        "ppo.learning_rate": 1e-4,
+        "ppo.clip_coef": 0.2,
+        "ppo.ent_coef": 0.0,
+        "ppo.frame_skip": 2,
+        "ppo.frame_stack": 2,
+        "ppo.frame_size": 64,
+        "ppo.normalize_reward": True,
+        "ppo.checkpoint_every": 10,
+    },
+}
+
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "collect.num_rollouts": 8,
+        "env.max_episode_steps": 200,
+        "vae.epochs": 2,
+        "vae.beta_warmup_epochs": 1.0,
+        "vae.batch_size": 32,
+        "vae.episodes_per_chunk": 8,
+        "vae.learning_rate": 1e-3,
+        "mdnrnn.epochs": 2,
+        "mdnrnn.sequence_length": 32,
+        "mdnrnn.batch_size": 8,
+        "mdnrnn.hidden_size": 64,
+        "controller.population_size": 8,
+        "controller.generations": 2,
+        "controller.rollouts_per_candidate": 1,
+        "controller.eval_every": 1,
+        "controller.eval_episodes": 2,
+        "controller.dream_max_steps": 100,
+        "controller.video_every": 1,
+        "ppo.total_timesteps": 4096,
+        "ppo.num_envs": 2,
+        "ppo.num_steps": 128,
+        "ppo.num_minibatches": 4,
+        "ppo.checkpoint_every": 1,
+    },
+    "default": {},
+    "paper": {
+        "collect.num_rollouts": 10_000,
+        "vae.recon_loss": "mse",
+        "vae.beta": 1.0,
+        "vae.kl_tolerance": 0.5,
+        "vae.beta_warmup_epochs": 0.0,
+        "vae.epochs": 10,
+        "mdnrnn.epochs": 20,
+        "controller.population_size": 64,
+        "controller.rollouts_per_candidate": 16,
+        "controller.eval_every": 25,
+        "controller.eval_episodes": 100,
+        "controller.generations": 1000,
+    },
+}
+
+
+def env_slug(env_id: str) -> str:
+    """`ALE/Pong-v5` -> `pong-v5`: the default experiment name and the data folder name."""
+    return re.sub(r"[^a-z0-9.-]+", "-", env_id.split("/")[-1].lower()).strip("-")
+
+
+def canonical_env_id(env_id: str, notify: bool = True) -> str:
+    """Map an old or short env name to the one Gymnasium 1.x registers, printing a one-line notice."""
+    if env_id in ENV_ALIASES:
+        new_id = ENV_ALIASES[env_id]
+        if notify:
+            print(f"note: {env_id} is an alias of {new_id} in Gymnasium 1.x; using {new_id}")
+        return new_id
+    return env_id
+
+
+def get_config(
+    environment: str = "ALE/Pong-v5",
+    preset: str = "default",
+    overrides: Optional[list[str]] = None,
+) -> Config:
+    """Build the config for `environment` with the preset's values and `section.field=value` overrides.
+
+    Order of precedence (later wins): dataclass defaults, environment tuning, preset, overrides.
+    """
+    if preset not in PRESETS:
+        raise WorldModelsError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    env_id = canonical_env_id(environment)
+    cfg = Config()
+    cfg.env.env_id = env_id
+    for key, value in ENVIRONMENT_PRESETS.get(env_id, {}).items():
+        set_field(cfg, key, value)
+    for key, value in PRESET_OVERRIDES[preset].items():
+        set_field(cfg, key, value)
+    for override in overrides or []:
+        apply_override(cfg, override)
+    return cfg
+
+
+def valid_keys(cfg: Config) -> list[str]:
+    """Every `section.field` an override may name."""
+    return [
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, section.name))
+    ]
+
+
+def apply_override(cfg: Config, override: str) -> None:
+    """Apply one `section.field=value` string, parsing the value into the field's type."""
+    if "=" not in override:
+        raise WorldModelsError(f"bad override {override!r}: expected section.field=value, e.g. vae.beta=2.0")
+    key, raw_value = override.split("=", 1)
+    key = key.strip()
+    section, field_type = _locate(cfg, key)
+    value = parse_value(raw_value.strip(), field_type, key)
+    setattr(section, key.split(".", 1)[1], value)
+
+
+def set_field(cfg: Config, key: str, value: Any) -> None:
+    """Set `section.field` to an already-typed value (used by the preset tables)."""
+    section, _ = _locate(cfg, key)
+    setattr(section, key.split(".", 1)[1], value)
+
+
+def _locate(cfg: Config, key: str) -> tuple[Any, Any]:
+    parts = key.split(".")
+    keys = valid_keys(cfg)
+    if len(parts) != 2 or key not in keys:
+        raise WorldModelsError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+    section = getattr(cfg, parts[0])
+    hints = typing.get_type_hints(type(section))
+    return section, hints[parts[1]]
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_value(raw: str, field_type: Any, key: str = "value") -> Any:
+    """Parse the text of an override into `field_type` (bool, int, float, str, tuple[int, ...], Optional)."""
+    origin = typing.get_origin(field_type)
+    args = typing.get_args(field_type)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        if raw.lower() in ("none", "null", ""):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return parse_value(raw, inner, key)
+    if origin is tuple:
+        text = raw.strip("()[] ")
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return tuple(parse_value(item, args[0], key) for item in items)
+    if field_type is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise WorldModelsError(f"bad value {raw!r} for {key}: expected a bool (true/false)")
+    if field_type is int:
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise WorldModelsError(f"bad value {raw!r} for {key}: expected an integer") from None
+    if field_type is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise WorldModelsError(f"bad value {raw!r} for {key}: expected a number") from None
+    if field_type is str:
+        return raw
+    raise WorldModelsError(f"cannot parse {key} of type {field_type}")
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (tuples become lists) that `torch.load(weights_only=True)` can read back."""
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {
+        section.name: {f.name: plain(getattr(getattr(cfg, section.name), f.name)) for f in dataclasses.fields(getattr(cfg, section.name))}
+        for section in dataclasses.fields(cfg)
+    }
+
+
+def config_from_dict(data: dict[str, dict[str, Any]]) -> Config:
+    """Inverse of `config_to_dict`. Keys unknown to this version are refused by name."""
+    cfg = Config()
+    for section_name, values in data.items():
+        for name, value in values.items():
+            key = f"{section_name}.{name}"
+            _, field_type = _locate(cfg, key)
+            if typing.get_origin(field_type) is tuple:
+                value = tuple(value)
+            set_field(cfg, key, value)
+    return cfg

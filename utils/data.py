@@ -1,0 +1,167 @@
+"""Rollout storage on disk and the frame loader that V's training reads.
+
+Layout: `data/<env-slug>/rollouts/ep_000123.npz`, one file per episode, written atomically, holding
+
+    obs        (T, 64, 64, 3) uint8     the frame before each action
+    actions    (T, A) float32           one-hot for discrete action spaces
+    rewards    (T,) float32
+    terminated (T,) bool                True only on the last step of an episode the game ended
+    env_id, policy (str), seed (int64)  metadata
+
+Episode i is always played from the same env seed, so an interrupted collection resumes by playing
+the missing indices only, and a file either exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import zipfile
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from config import Config
+from training.train_utils import atomic_path
+from utils.environment import Episode
+from utils.errors import WorldModelsError
+
+EPISODE_KEYS = ("obs", "actions", "rewards", "terminated")
+
+
+def rollout_dir(cfg: Config) -> Path:
+    return Path(cfg.experiment.data_dir) / cfg.env_slug / "rollouts"
+
+
+def episode_path(folder: Path, index: int) -> Path:
+    return Path(folder) / f"ep_{index:06d}.npz"
+
+
+def episode_index(path: Path) -> int:
+    return int(Path(path).stem.split("_")[1])
+
+
+def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compress: bool = False) -> None:
+    """Write one episode atomically (temp file + rename)."""
+    save = np.savez_compressed if compress else np.savez
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            save(
+                handle,
+                obs=episode.obs,
+                actions=episode.actions,
+                rewards=episode.rewards,
+                terminated=episode.terminated,
+                seed=np.int64(episode.seed),
+                env_id=np.str_(env_id),
+                policy=np.str_(policy),
+            )
+
+
+def load_episode(path: Path, keys: Sequence[str] = EPISODE_KEYS) -> dict[str, np.ndarray]:
+    """Read `keys` of one episode file; a corrupt or foreign file fails with its name."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        raise WorldModelsError(
+            f"corrupt episode file {path} ({type(error).__name__}); delete it and re-run collection to replace it"
+        ) from None
+    if "obs" in data and (data["obs"].ndim != 4 or data["obs"].dtype != np.uint8 or len(data["obs"]) == 0):
+        raise WorldModelsError(f"corrupt episode file {path}: obs has shape {data['obs'].shape} {data['obs'].dtype}")
+    return data
+
+
+def load_episode_metadata(path: Path) -> dict[str, object]:
+    data = load_episode(path, keys=("seed", "env_id", "policy"))
+    return {"seed": int(data["seed"]), "env_id": str(data["env_id"]), "policy": str(data["policy"])}
+
+
+def list_episodes(folder: Path) -> list[Path]:
+    """The complete episode files in `folder`, in index order (temp files of a crash are ignored)."""
+    return sorted(Path(folder).glob("ep_*.npz"))
+
+
+def require_episodes(cfg: Config) -> list[Path]:
+    """The rollouts of `cfg`'s env, or one line naming the command that collects them."""
+    paths = list_episodes(rollout_dir(cfg))
+    if not paths:
+        raise WorldModelsError(
+            f"no rollouts in {rollout_dir(cfg)}; collect them first: python -m training.collect --env {cfg.env.env_id}"
+        )
+    return paths
+
+
+def split_episodes(paths: Sequence[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
+    """Hold out every k-th episode for validation (deterministic; at least one each when possible)."""
+    paths = list(paths)
+    if len(paths) < 2 or val_fraction <= 0:
+        return paths, paths[:0]
+    stride = max(2, int(round(1.0 / val_fraction)))
+    val = paths[::stride]
+    held_out = set(val)
+    return [p for p in paths if p not in held_out], val
+
+
+class FrameChunkLoader:
+    """Shuffled batches of uint8 frames from episode files, never holding the whole data set.
+
+    Each pass shuffles the episode order, loads `episodes_per_chunk` episodes at a time (a background
+    thread reads the next chunk while the model trains on this one), shuffles the frames within the
+    chunk and yields `(B, 64, 64, 3) uint8` numpy batches by one fancy-index per batch.
+    """
+
+    def __init__(self, paths: Sequence[Path], batch_size: int, episodes_per_chunk: int, seed: int, shuffle: bool = True, drop_last: bool = True):
+        if not paths:
+            raise WorldModelsError("no episodes to load frames from")
+        self.paths = list(paths)
+        self.batch_size, self.episodes_per_chunk = batch_size, max(1, episodes_per_chunk)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rng = np.random.default_rng(seed)
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        order = self.rng.permutation(len(self.paths)) if self.shuffle else np.arange(len(self.paths))
+        for start in range(0, len(order), self.episodes_per_chunk):
+            chunk = [self.paths[i] for i in order[start : start + self.episodes_per_chunk]]
+            yield np.concatenate([load_episode(path, keys=("obs",))["obs"] for path in chunk])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        carry: Optional[np.ndarray] = None
+        for frames in _prefetch(self._chunks()):
+            if carry is not None:
+                frames = np.concatenate([carry, frames])
+            if self.shuffle:
+                frames = frames[self.rng.permutation(len(frames))]
+            full = len(frames) // self.batch_size * self.batch_size
+            for start in range(0, full, self.batch_size):
+                yield frames[start : start + self.batch_size]
+            carry = frames[full:] if full < len(frames) else None
+        if carry is not None and len(carry) and not self.drop_last:
+            yield carry
+
+
+def _prefetch(iterator: Iterator[np.ndarray], depth: int = 1) -> Iterator[np.ndarray]:
+    """Run `iterator` in a background thread, `depth` items ahead (file reads release the GIL)."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                buffer.put(item)
+        except BaseException as error:  # re-raised in the consumer, with its message intact
+            buffer.put(error)
+            return
+        buffer.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    while True:
+        item = buffer.get()
+        if item is done:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()

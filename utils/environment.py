@@ -1,0 +1,309 @@
+"""Environments: ids and aliases, `make_env`, the one frame preprocessing function, random policies,
+and the episode runner that collection and evaluation share.
+
+Run `python -m utils.environment` to step every supported environment and check its frames.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+from config import SUPPORTED_ENVS, EnvConfig, canonical_env_id, parse_value
+from utils.errors import WorldModelsError
+
+# pygame (Box2D rendering) looks for a display unless told there is none.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
+
+_ATARI_REGISTERED = False
+
+
+def register_atari_envs() -> None:
+    """Register the `ALE/*` ids with Gymnasium (ale-py ships the ROMs). Idempotent."""
+    global _ATARI_REGISTERED
+    if not _ATARI_REGISTERED:
+        import ale_py
+
+        gym.register_envs(ale_py)
+        _ATARI_REGISTERED = True
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Canonical, registered env id; an unknown one fails with the list of supported envs."""
+    register_atari_envs()
+    env_id = canonical_env_id(env_id, notify=False)
+    if env_id not in gym.envs.registry:
+        raise WorldModelsError(
+            f"unknown environment {env_id!r}; supported: {', '.join(SUPPORTED_ENVS)} "
+            "(or any id registered with gymnasium.register)"
+        )
+    return env_id
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def parse_env_kwargs(text: str) -> dict[str, Any]:
+    """`"continuous=True,gravity=-9.8"` -> `{"continuous": True, "gravity": -9.8}`."""
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise WorldModelsError(f"bad env.env_kwargs item {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        for kind in (bool, int, float):
+            try:
+                kwargs[key.strip()] = parse_value(raw.strip(), kind)
+                break
+            except WorldModelsError:
+                continue
+        else:
+            kwargs[key.strip()] = raw.strip()
+    return kwargs
+
+
+def make_env(env_id: str, render_mode: Optional[str] = None, max_episode_steps: Optional[int] = None, **kwargs: Any) -> gym.Env:
+    """`gymnasium.make` for a supported or user-registered id (aliases accepted), unwrapped of nothing."""
+    env_id = resolve_env_id(env_id)
+    if max_episode_steps:
+        kwargs["max_episode_steps"] = max_episode_steps
+    return gym.make(env_id, render_mode=render_mode, **kwargs)
+
+
+def has_image_observation(space: gym.Space) -> bool:
+    """True for (H, W, 3) uint8 observations (Atari, CarRacing); False for state vectors (LunarLander)."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[-1] == 3
+
+
+def preprocess_frame(image: np.ndarray, frame_size: int = 64, crop_top: int = 0, crop_bottom: int = 0) -> np.ndarray:
+    """The one function that turns an env image into the frame V sees.
+
+    image: (H, W, 3) uint8 RGB -> (frame_size, frame_size, 3) uint8. Rows are cropped first (HUDs and
+    score bars), then the image is resized with area interpolation, which averages rather than drops
+    pixels, so one-pixel objects such as Pong's ball survive the downscale.
+    """
+    if crop_top or crop_bottom:
+        image = image[crop_top : image.shape[0] - crop_bottom]
+    return cv2.resize(image, (frame_size, frame_size), interpolation=cv2.INTER_AREA)
+
+
+class FrameObservation(gym.ObservationWrapper):
+    """Replace the observation with the (S, S, 3) uint8 frame of `preprocess_frame`.
+
+    Envs whose observation is an image use it; the others (LunarLander's state vector) are rendered,
+    so they must be made with `render_mode="rgb_array"`. The original observation stays in
+    `info["state"]` for whoever wants it.
+    """
+
+    def __init__(self, env: gym.Env, env_cfg: EnvConfig):
+        super().__init__(env)
+        self.env_cfg = env_cfg
+        self.uses_render = not has_image_observation(env.observation_space)
+        if self.uses_render and env.render_mode != "rgb_array":
+            raise WorldModelsError(f"{env_cfg.env_id} has no image observation and must render rgb_array frames")
+        size = env_cfg.frame_size
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        image = self.env.render() if self.uses_render else observation
+        return preprocess_frame(image, self.env_cfg.frame_size, self.env_cfg.crop_top, self.env_cfg.crop_bottom)
+
+
+def make_frame_env(env_cfg: EnvConfig) -> gym.Env:
+    """The env World Models sees: observations are (S, S, 3) uint8 frames, episodes capped at
+    `env_cfg.max_episode_steps`."""
+    # rgb_array costs nothing until render() is called, and lets state-vector envs be rendered.
+    kwargs = parse_env_kwargs(env_cfg.env_kwargs)
+    env = make_env(env_cfg.env_id, render_mode="rgb_array", max_episode_steps=env_cfg.max_episode_steps, **kwargs)
+    return FrameObservation(env, env_cfg)
+
+
+# ------------------------------------------------------------------------------------------ actions
+def action_size(space: gym.Space) -> int:
+    """A: the width of an action vector — the number of choices (one-hot) or the Box's dimension."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return int(space.shape[0])
+    raise WorldModelsError(f"unsupported action space {space}; supported: Discrete and 1-D Box")
+
+
+def action_to_vector(action: Any, space: gym.Space) -> np.ndarray:
+    """Env action -> (A,) float32: one-hot for Discrete, the action itself for Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        vector = np.zeros(int(space.n), dtype=np.float32)
+        vector[int(action) - int(space.start)] = 1.0
+        return vector
+    return np.asarray(action, dtype=np.float32).reshape(space.shape)
+
+
+def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
+    """Inverse of `action_to_vector`."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(np.argmax(vector)) + int(space.start)
+    return np.asarray(vector, dtype=space.dtype)
+
+
+# -------------------------------------------------------------------------------------- agents
+class Agent(Protocol):
+    """What every evaluated or collecting policy offers: world models, PPO and random alike."""
+
+    def reset(self, seed: Optional[int] = None) -> None: ...
+
+    def act(self, observation: np.ndarray) -> Any: ...
+
+
+class RandomAgent:
+    """Random exploration policies for collection (and the `random` baseline of evaluation).
+
+    * ``uniform``: a fresh uniform action every step.
+    * ``repeat``: a uniform action held for U[repeat_min, repeat_max] steps — smoother, reaches
+      further from the start state than uniform noise.
+    * ``random_walk`` (Box only): a Gaussian random walk clipped to the bounds, the smooth exploration
+      the paper's continuous-control follow-ups use.
+    """
+
+    POLICIES = ("uniform", "repeat", "random_walk")
+
+    def __init__(self, space: gym.Space, policy: str = "uniform", repeat_min: int = 1, repeat_max: int = 8, walk_sigma: float = 0.3):
+        if policy not in self.POLICIES:
+            raise WorldModelsError(f"unknown collect.policy {policy!r}; valid: {', '.join(self.POLICIES)}")
+        if policy == "random_walk" and not isinstance(space, gym.spaces.Box):
+            raise WorldModelsError("collect.policy=random_walk needs a continuous (Box) action space; use repeat")
+        if not 1 <= repeat_min <= repeat_max:
+            raise WorldModelsError(f"need 1 <= collect.repeat_min <= collect.repeat_max, got {repeat_min}, {repeat_max}")
+        self.space, self.policy = space, policy
+        self.repeat_min, self.repeat_max, self.walk_sigma = repeat_min, repeat_max, walk_sigma
+        self.reset(None)
+
+    def reset(self, seed: Optional[int] = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.current: Any = None
+        self.hold = 0
+
+    def _uniform(self) -> Any:
+        if isinstance(self.space, gym.spaces.Discrete):
+            return int(self.space.start + self.rng.integers(int(self.space.n)))
+        low, high = self.space.low, self.space.high
+        return self.rng.uniform(low, high).astype(self.space.dtype)
+
+    def act(self, observation: np.ndarray) -> Any:
+        if self.policy == "uniform":
+            return self._uniform()
+        if self.policy == "repeat":
+            if self.hold <= 0:
+                self.current = self._uniform()
+                self.hold = int(self.rng.integers(self.repeat_min, self.repeat_max + 1))
+            self.hold -= 1
+            return self.current
+        if self.current is None:
+            self.current = self._uniform()
+        else:
+            step = self.rng.normal(0.0, self.walk_sigma, size=self.space.shape)
+            self.current = np.clip(self.current + step, self.space.low, self.space.high).astype(self.space.dtype)
+        return self.current
+
+
+# ------------------------------------------------------------------------------------- episodes
+@dataclass
+class Episode:
+    """One recorded episode in the rollout format of the design.
+
+    obs: (T, S, S, 3) uint8 — the frame before each action; actions: (T, A) float32 (one-hot for
+    discrete); rewards: (T,) float32; terminated: (T,) bool (True on the last step of a game that
+    ended, False when the step cap truncated it).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    seed: int
+
+    @property
+    def length(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def total_reward(self) -> float:
+        return float(self.rewards.sum())
+
+
+def run_episode(env: gym.Env, agent: Agent, seed: int, max_steps: Optional[int] = None, record: bool = True) -> Episode:
+    """Play one episode of `agent` in `env` from `env.reset(seed=seed)`; the agent is reset with the
+    same seed, so the episode is a pure function of (env, agent, seed)."""
+    observation, _ = env.reset(seed=seed)
+    agent.reset(seed)
+    frames, actions, rewards, terminals = [], [], [], []
+    steps = 0
+    while True:
+        action = agent.act(observation)
+        if record:
+            frames.append(observation)
+            actions.append(action_to_vector(action, env.action_space))
+        observation, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+        terminals.append(terminated)
+        steps += 1
+        if terminated or truncated or (max_steps and steps >= max_steps):
+            break
+    size = env.observation_space.shape
+    return Episode(
+        obs=np.stack(frames) if record else np.zeros((0, *size), np.uint8),
+        actions=np.stack(actions) if record else np.zeros((0, action_size(env.action_space)), np.float32),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        terminated=np.asarray(terminals, dtype=bool),
+        seed=seed,
+    )
+
+
+def collect_random_rollouts(env_id: str, num_rollouts: int, visualize: bool = False, **options: Any) -> Path:
+    """Collect `num_rollouts` random episodes of `env_id` into `data/<env-slug>/rollouts/` (stage 1).
+
+    The seed README's entry point; options are `collect.*` / `env.*` / `experiment.*` fields, e.g.
+    `collect_random_rollouts("LunarLander-v3", 100, workers=2, seed=1)`. `visualize=True` also
+    writes an mp4 of the first episode under `videos/`. Returns the rollout folder.
+    """
+    from config import get_config, valid_keys
+    from training.collect import collect
+
+    cfg = get_config(env_id)
+    keys = {key.split(".", 1)[1]: key for key in valid_keys(cfg) if key.split(".")[0] in ("collect", "env", "experiment")}
+    overrides = [f"collect.num_rollouts={num_rollouts}"]
+    for name, value in options.items():
+        if name not in keys:
+            raise WorldModelsError(f"unknown option {name!r}; valid: {', '.join(sorted(keys))}")
+        overrides.append(f"{keys[name]}={value}")
+    cfg = get_config(env_id, overrides=overrides)
+    return collect(cfg, visualize=visualize)
+
+
+def _self_check() -> None:
+    """Step every supported env and check it produces (64, 64, 3) uint8 frames."""
+    import time
+
+    for env_id in SUPPORTED_ENVS:
+        env_cfg = EnvConfig(env_id=env_id, max_episode_steps=50)
+        env = make_frame_env(env_cfg)
+        agent = RandomAgent(env.action_space)
+        start = time.perf_counter()
+        episode = run_episode(env, agent, seed=0)
+        elapsed = time.perf_counter() - start
+        assert episode.obs.shape[1:] == (64, 64, 3) and episode.obs.dtype == np.uint8
+        print(f"{env_id:18s} frames {episode.obs.shape} {episode.obs.dtype}  actions {episode.actions.shape}  "
+              f"{episode.length / elapsed:7.0f} steps/s  return {episode.total_reward:+.1f}")
+        env.close()
+    print("ok: every supported environment produces (64, 64, 3) uint8 frames")
+
+
+if __name__ == "__main__":
+    _self_check()
