@@ -59,10 +59,10 @@ def collect(cfg: Config, visualize: bool = False) -> Path:
     cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     if cfg.collect.num_rollouts <= 0:
         raise WorldModelsError(f"collect.num_rollouts must be > 0, got {cfg.collect.num_rollouts}")
-    folder = ensure_writable_dir(rollout_dir(cfg))
-    probe_env = make_frame_env(cfg.env)  # fails early on a bad env or policy, before any worker starts
+    probe_env = make_frame_env(cfg.env)  # fails early on a bad env or policy, before anything is written
     make_collect_agent(cfg, probe_env.action_space)
     probe_env.close()
+    folder = ensure_writable_dir(rollout_dir(cfg))
     for stale in folder.glob(".ep_*.tmp.npz"):  # left by a worker killed mid-write
         stale.unlink()
     existing = {int(p.stem.split("_")[1]) for p in list_episodes(folder)}

@@ -1,0 +1,95 @@
+"""Config presets, overrides and their round trip through a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from config import (PRESETS, SUPPORTED_ENVS, apply_override, config_from_dict, config_to_dict, get_config,
+                    valid_keys)
+from training.train_utils import checkpoint_config, load_checkpoint, save_checkpoint
+from utils.errors import WorldModelsError
+
+
+def test_every_supported_env_has_tuned_values_and_generic_fallback():
+    pong = get_config("ALE/Pong-v5")
+    lunar = get_config("LunarLander-v3")
+    cartpole = get_config("CartPole-v1")
+    assert pong.env.crop_top > 0 and pong.collect.policy == "repeat"
+    assert lunar.ppo.gamma == 0.999 and lunar.ppo.num_envs == 16
+    assert get_config("CarRacing-v3").collect.policy == "random_walk"
+    assert get_config("ALE/Breakout-v5").env.crop_top > 0
+    # an env without a table entry gets the dataclass defaults
+    assert cartpole.env.env_id == "CartPole-v1" and cartpole.ppo.gamma == 0.99 and cartpole.env.crop_top == 0
+    for env_id in SUPPORTED_ENVS:
+        assert get_config(env_id).env.env_id == env_id
+
+
+def test_presets_change_scale():
+    smoke, default, paper = (get_config("LunarLander-v3", preset=p) for p in PRESETS)
+    assert smoke.collect.num_rollouts < default.collect.num_rollouts < paper.collect.num_rollouts
+    assert paper.controller.rollouts_per_candidate == 16 and paper.vae.recon_loss == "mse"
+    with pytest.raises(WorldModelsError, match="unknown preset 'fast'.*smoke, default, paper"):
+        get_config("LunarLander-v3", preset="fast")
+
+
+def test_v2_names_are_aliases_with_a_notice(capsys):
+    assert get_config("LunarLander-v2").env.env_id == "LunarLander-v3"
+    assert get_config("CarRacing-v2").env.env_id == "CarRacing-v3"
+    assert "alias of LunarLander-v3" in capsys.readouterr().out
+
+
+def _text_for(value):
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "()"
+    return str(value)
+
+
+def test_every_override_path_parses_into_its_type():
+    cfg = get_config("ALE/Pong-v5")
+    keys = valid_keys(cfg)
+    assert len(keys) == sum(len(dataclasses.fields(getattr(cfg, s.name))) for s in dataclasses.fields(cfg))
+    for key in keys:
+        section, name = key.split(".")
+        before = getattr(getattr(cfg, section), name)
+        apply_override(cfg, f"{key}={_text_for(before)}")
+        after = getattr(getattr(cfg, section), name)
+        assert after == before and type(after) is type(before), key
+
+
+def test_overrides_are_type_checked():
+    cfg = get_config("LunarLander-v3", overrides=["vae.beta=2.5", "vae.batch_norm=false", "controller.hidden_sizes=64,32",
+                                                 "ppo.total_timesteps=1_000", "experiment.name=run1"])
+    assert cfg.vae.beta == 2.5 and cfg.vae.batch_norm is False and cfg.controller.hidden_sizes == (64, 32)
+    assert cfg.ppo.total_timesteps == 1000 and cfg.experiment_name == "run1"
+    int_keys, float_keys, bool_keys = [], [], []
+    for key in valid_keys(cfg):
+        section, name = key.split(".")
+        hint = typing.get_type_hints(type(getattr(cfg, section)))[name]
+        {int: int_keys, float: float_keys, bool: bool_keys}.get(hint, []).append(key)
+    for key in int_keys:
+        with pytest.raises(WorldModelsError, match=f"bad value 'x1' for {key}: expected an integer"):
+            apply_override(cfg, f"{key}=x1")
+    for key in float_keys:
+        with pytest.raises(WorldModelsError, match=f"bad value 'fast' for {key}: expected a number"):
+            apply_override(cfg, f"{key}=fast")
+    for key in bool_keys:
+        with pytest.raises(WorldModelsError, match="expected a bool"):
+            apply_override(cfg, f"{key}=maybe")
+
+
+def test_unknown_or_malformed_override_is_refused_with_valid_keys():
+    with pytest.raises(WorldModelsError, match=r"unknown config key 'vae.betta'; valid keys: .*vae\.beta"):
+        get_config("LunarLander-v3", overrides=["vae.betta=2"])
+    with pytest.raises(WorldModelsError, match="expected section.field=value"):
+        get_config("LunarLander-v3", overrides=["vae.beta"])
+
+
+def test_config_round_trips_through_a_checkpoint(tmp_path):
+    cfg = get_config("CarRacing-v3", preset="smoke", overrides=["controller.hidden_sizes=16", "vae.beta=3.0"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    path = save_checkpoint(tmp_path / "vae.pt", "vae", cfg, epoch=3)
+    loaded = load_checkpoint(path, "vae", "CarRacing-v3")
+    assert checkpoint_config(loaded) == cfg and loaded["epoch"] == 3

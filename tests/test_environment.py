@@ -1,0 +1,67 @@
+"""Environment ids, frame preprocessing and exploration policies."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from config import SUPPORTED_ENVS, EnvConfig
+from utils.environment import (RandomAgent, action_to_vector, make_frame_env, preprocess_frame, resolve_env_id,
+                               run_episode, vector_to_action)
+from utils.errors import WorldModelsError
+
+
+@pytest.mark.parametrize("env_id", [*SUPPORTED_ENVS, "CartPole-v1"])
+def test_every_env_produces_64x64_uint8_frames(env_id):
+    env = make_frame_env(EnvConfig(env_id=env_id, max_episode_steps=20))
+    episode = run_episode(env, RandomAgent(env.action_space), seed=1)
+    env.close()
+    assert episode.obs.shape == (episode.length, 64, 64, 3) and episode.obs.dtype == np.uint8
+    assert 1 <= episode.length <= 20
+    # a real picture, not a blank: frames have structure
+    assert episode.obs.std() > 5
+
+
+def test_unknown_env_lists_the_supported_ones():
+    with pytest.raises(WorldModelsError, match="unknown environment 'Pongg-v5'; supported: ALE/Pong-v5, ALE/Breakout-v5"):
+        resolve_env_id("Pongg-v5")
+    assert resolve_env_id("LunarLander-v2") == "LunarLander-v3"
+
+
+def test_preprocess_frame_crops_then_resizes():
+    image = np.zeros((210, 160, 3), np.uint8)
+    image[:34] = 255  # a bright score bar that the crop must remove
+    frame = preprocess_frame(image, 64, crop_top=34, crop_bottom=16)
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.max() == 0
+    assert preprocess_frame(image, 64).max() == 255
+
+
+@pytest.mark.parametrize("policy", ["uniform", "repeat"])
+def test_random_agent_is_a_function_of_its_seed(policy):
+    space = gym.spaces.Discrete(6)
+    agent = RandomAgent(space, policy, repeat_min=3, repeat_max=3)
+    agent.reset(7)
+    first = [agent.act(None) for _ in range(30)]
+    agent.reset(7)
+    assert [agent.act(None) for _ in range(30)] == first
+    if policy == "repeat":  # held for exactly 3 steps
+        assert all(first[i] == first[i - i % 3] for i in range(30))
+
+
+def test_random_walk_is_smooth_and_inside_the_bounds():
+    space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
+    agent = RandomAgent(space, "random_walk", walk_sigma=0.1)
+    agent.reset(0)
+    actions = np.array([agent.act(None) for _ in range(500)])
+    assert np.all(actions >= space.low) and np.all(actions <= space.high)
+    assert np.abs(np.diff(actions, axis=0)).max() < 0.6  # steps are small, unlike uniform noise
+    with pytest.raises(WorldModelsError, match="random_walk needs a continuous"):
+        RandomAgent(gym.spaces.Discrete(4), "random_walk")
+
+
+def test_action_vectors_round_trip():
+    discrete = gym.spaces.Discrete(4)
+    assert action_to_vector(2, discrete).tolist() == [0, 0, 1, 0] and vector_to_action(action_to_vector(2, discrete), discrete) == 2
+    box = gym.spaces.Box(-1, 1, (3,), np.float32)
+    assert np.array_equal(vector_to_action(action_to_vector(np.array([0.5, -1, 0]), box), box), [0.5, -1, 0])
