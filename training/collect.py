@@ -18,19 +18,17 @@ import numpy as np
 from tqdm import tqdm
 
 from config import Config
-from training.train_utils import add_common_args, config_from_args, ensure_writable_dir, experiment_dir, make_writer, run_cli
+from training.train_utils import (add_common_args, config_from_args, ensure_writable_dir, episode_seeds, experiment_dir,
+                                  make_writer, run_cli)
 from utils.data import episode_path, list_episodes, load_episode, rollout_dir, save_episode
 from utils.environment import RandomAgent, make_frame_env, resolve_env_id, run_episode
 from utils.errors import WorldModelsError
 from utils.video import add_video, upscale, write_mp4
 from utils.workers import default_workers, parallel_map
 
-# Collection seeds are `seed * SEED_STRIDE + index`; evaluation draws from a disjoint range.
-SEED_STRIDE = 1_000_000
-
-
 def episode_seed(cfg: Config, index: int) -> int:
-    return cfg.experiment.seed * SEED_STRIDE + index
+    """Episode `index` is always played from this env seed (disjoint from other stages' seeds)."""
+    return int(episode_seeds(cfg, "collect", index, 1)[0])
 
 
 def make_collect_agent(cfg: Config, action_space) -> RandomAgent:

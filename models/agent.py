@@ -1,0 +1,74 @@
+"""V + M + C composed into a policy.
+
+`WorldModelPolicy` steps E episodes at once — one VAE encode and one LSTM step for all of them, every
+episode with its own controller parameters — which is what CMA-ES population evaluation needs.
+`WorldModelAgent` is the same policy for one episode behind the evaluation protocol
+(`reset()` / `act(frame)`), so training and evaluation share one code path.
+
+Per step t (paper, section 3): z_t = mu_V(frame_t); a_t = C([z_t, h_t]); h_{t+1} = M(z_t, a_t, h_t).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from models.controller import outputs_to_actions, population_forward
+from models.mdnrnn import MDNRNN, Hidden
+from models.vae import ConvVAE, frames_to_input
+
+
+class WorldModelPolicy:
+    """Batched V -> C -> M. `inputs="zh"` feeds C [z_t, h_t]; `"z"` feeds z_t only (the ablation)."""
+
+    def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, layer_shapes: Sequence[tuple[int, int]], action_space: gym.Space,
+                 inputs: str = "zh", sample_actions: bool = False, device: torch.device | str = "cpu", seed: int = 0):
+        self.vae, self.mdnrnn = vae.eval(), mdnrnn.eval()
+        self.layer_shapes = list(layer_shapes)
+        self.action_space, self.inputs, self.sample_actions = action_space, inputs, sample_actions
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def initial_state(self, num_episodes: int) -> Hidden:
+        return self.mdnrnn.initial_state(num_episodes, self.device)
+
+    @torch.no_grad()
+    def act(self, frames: np.ndarray, params: torch.Tensor, hidden: Hidden) -> tuple[list[Any], torch.Tensor, Hidden, torch.Tensor]:
+        """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H).
+
+        Returns (env actions: list of E, action vectors (E, A), next hidden, z (E, latent_size)).
+        """
+        z, _ = self.vae.encode(frames_to_input(frames, self.device, channels_last=False))
+        z = z.float()
+        controller_input = torch.cat([z, hidden[0][0]], dim=-1) if self.inputs == "zh" else z
+        outputs = population_forward(self.layer_shapes, params, controller_input)
+        action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator)
+        *_, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
+        return self.to_env_actions(action_vectors), action_vectors, next_hidden, z
+
+    def to_env_actions(self, action_vectors: torch.Tensor) -> list[Any]:
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            start = int(self.action_space.start)
+            return [start + int(i) for i in action_vectors.argmax(dim=-1).tolist()]
+        return list(action_vectors.cpu().numpy().astype(self.action_space.dtype))
+
+
+class WorldModelAgent:
+    """One episode at a time: `reset(seed)`, then `act(frame) -> env action` each step."""
+
+    def __init__(self, policy: WorldModelPolicy, params: torch.Tensor | np.ndarray):
+        self.policy = policy
+        self.params = torch.as_tensor(np.asarray(params), dtype=torch.float32, device=policy.device).reshape(1, -1)
+        self.reset()
+
+    def reset(self, seed: Optional[int] = None) -> None:
+        self.hidden = self.policy.initial_state(1)
+        if seed is not None:
+            self.policy.generator.manual_seed(seed)
+
+    def act(self, frame: np.ndarray) -> Any:
+        actions, _, self.hidden, _ = self.policy.act(frame[None], self.params, self.hidden)
+        return actions[0]

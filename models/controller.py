@@ -1,0 +1,187 @@
+"""The controller C and the CMA-ES that trains it.
+
+C maps [z_t, h_t] (or z_t alone, the paper's ablation) to an action: a linear layer in the paper
+(`hidden_sizes=()`), optionally a small tanh MLP. CMA-ES sees only a flat parameter vector, so C is
+defined by its layer shapes, and `population_forward` evaluates many parameter vectors at once: row e of
+the input uses row e of the parameters, so a whole population x rollouts runs as batched matmuls.
+
+    python -m models.controller     # self-check: flat round trip, batched == single, CMA-ES on a sphere
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from utils.errors import WorldModelsError
+
+
+class Controller(nn.Module):
+    """C for one parameter vector. x: (B, input_size) -> raw outputs (B, action_size)."""
+
+    def __init__(self, input_size: int, action_size: int, hidden_sizes: Sequence[int] = ()):
+        super().__init__()
+        sizes = [input_size, *hidden_sizes, action_size]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of each layer: the flat vector is [W_1 (out x in), b_1, W_2, b_2, ...]."""
+        return [(layer.in_features, layer.out_features) for layer in self.layers]
+
+    @property
+    def num_parameters(self) -> int:
+        return num_parameters(self.layer_shapes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return x
+
+    def get_flat_parameters(self) -> torch.Tensor:
+        """(num_parameters,) float32, in the layout of `layer_shapes`."""
+        return torch.cat([p.detach().reshape(-1) for layer in self.layers for p in (layer.weight, layer.bias)])
+
+    def set_flat_parameters(self, flat: torch.Tensor | np.ndarray) -> None:
+        flat = torch.as_tensor(np.asarray(flat), dtype=torch.float32).reshape(-1)
+        if flat.numel() != self.num_parameters:
+            raise WorldModelsError(f"controller expects {self.num_parameters} parameters, got {flat.numel()}")
+        offset = 0
+        with torch.no_grad():
+            for layer in self.layers:
+                for param in (layer.weight, layer.bias):
+                    param.copy_(flat[offset : offset + param.numel()].view_as(param))
+                    offset += param.numel()
+
+
+def num_parameters(layer_shapes: Sequence[tuple[int, int]]) -> int:
+    return sum(n_in * n_out + n_out for n_in, n_out in layer_shapes)
+
+
+def population_forward(layer_shapes: Sequence[tuple[int, int]], params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Many controllers at once: params (E, N), x (E, input_size) -> raw outputs (E, action_size).
+
+    Identical maths to `Controller.forward` with row e's parameters, as one batched matmul per layer.
+    """
+    offset = 0
+    hidden = x.unsqueeze(1)  # (E, 1, in)
+    for index, (n_in, n_out) in enumerate(layer_shapes):
+        weight = params[:, offset : offset + n_in * n_out].view(-1, n_out, n_in)
+        offset += n_in * n_out
+        bias = params[:, offset : offset + n_out].unsqueeze(1)
+        offset += n_out
+        hidden = torch.baddbmm(bias, hidden, weight.transpose(1, 2))
+        if index < len(layer_shapes) - 1:
+            hidden = torch.tanh(hidden)
+    return hidden.squeeze(1)
+
+
+def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = False,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Raw outputs (E, A) -> action vectors (E, A) float32 in the format M and the data use.
+
+    Discrete: one-hot of the argmax (or of a softmax sample). Box: squashed into the bounds with
+    low + (tanh(x) + 1) / 2 * (high - low); for CarRacing this is the paper's mapping — tanh for
+    steering in [-1, 1], (tanh + 1) / 2 for gas and brake in [0, 1].
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        if sample:
+            choice = torch.multinomial(torch.softmax(outputs.float(), dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            choice = outputs.argmax(dim=-1)
+        return nn.functional.one_hot(choice, outputs.shape[-1]).float()
+    low = torch.as_tensor(space.low, dtype=torch.float32, device=outputs.device)
+    high = torch.as_tensor(space.high, dtype=torch.float32, device=outputs.device)
+    return low + (torch.tanh(outputs) + 1.0) / 2.0 * (high - low)
+
+
+class CMAES:
+    """CMA-ES through the `cma` package, maximising fitness, with a checkpoint that holds no pickle.
+
+    `cma` keeps a large internal state that only pickle could save, and our checkpoints must never
+    run code. CMA-ES is deterministic given its seed and the fitness values it was told, so the
+    checkpoint stores the fitness history and `replay` rebuilds the exact state by re-asking and
+    re-telling. `cma` samples from numpy's global RNG, so that state is kept apart from anyone
+    else's use of it.
+    """
+
+    def __init__(self, num_params: int, sigma: float, population_size: int, seed: int,
+                 x0: Optional[np.ndarray] = None):
+        import cma
+
+        self.num_params = num_params
+        x0 = np.zeros(num_params) if x0 is None else np.asarray(x0, dtype=np.float64)
+        saved = np.random.get_state()
+        self.es = cma.CMAEvolutionStrategy(x0, sigma, {
+            "popsize": population_size, "seed": seed + 1,  # cma treats seed 0 as "random"
+            "verbose": -9, "verb_log": 0, "verb_disp": 0, "tolfun": 0, "tolflatfitness": 1e9,
+            "tolfunhist": 0, "tolx": 0, "tolstagnation": int(1e9),
+        })
+        self._rng_state = np.random.get_state()
+        np.random.set_state(saved)
+        self.fitness_history: list[np.ndarray] = []
+
+    @property
+    def population_size(self) -> int:
+        return self.es.popsize
+
+    @property
+    def sigma(self) -> float:
+        return float(self.es.sigma)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.array(self.es.mean, dtype=np.float64)
+
+    def ask(self) -> np.ndarray:
+        """(population_size, num_params) candidates."""
+        saved = np.random.get_state()
+        np.random.set_state(self._rng_state)
+        try:
+            self._solutions = np.array(self.es.ask())
+        finally:
+            self._rng_state = np.random.get_state()
+            np.random.set_state(saved)
+        return self._solutions.copy()
+
+    def tell(self, fitness: np.ndarray) -> None:
+        """Report the fitness (higher is better) of the candidates of the last `ask`."""
+        fitness = np.asarray(fitness, dtype=np.float64)
+        if fitness.shape != (len(self._solutions),):
+            raise WorldModelsError(f"tell expects {len(self._solutions)} fitness values, got {fitness.shape}")
+        self.es.tell(list(self._solutions), list(-fitness))  # cma minimises
+        self.fitness_history.append(fitness)
+
+    def replay(self, fitness_history: np.ndarray) -> None:
+        """Rebuild the state after len(fitness_history) generations from their fitness values."""
+        for fitness in np.asarray(fitness_history):
+            self.ask()
+            self.tell(fitness)
+
+
+def _self_check() -> None:
+    controller = Controller(288, 3, (16,))
+    flat = torch.randn(controller.num_parameters)
+    controller.set_flat_parameters(flat)
+    assert torch.equal(controller.get_flat_parameters(), flat)
+    x = torch.randn(5, 288)
+    params = flat.expand(5, -1)
+    assert torch.allclose(population_forward(controller.layer_shapes, params, x), controller(x), atol=1e-5)
+    es = CMAES(10, 0.5, 16, seed=0)
+    target = np.arange(10) / 10
+    for _ in range(150):
+        solutions = es.ask()
+        es.tell(-((solutions - target) ** 2).sum(1))
+    error = np.abs(es.mean - target).max()
+    assert error < 1e-3, error
+    print(f"ok: flat round trip exact, batched == single, CMA-ES found a shifted sphere's optimum (max error {error:.1e})")
+
+
+if __name__ == "__main__":
+    _self_check()

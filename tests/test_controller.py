@@ -1,0 +1,154 @@
+"""Stage 4: the controller, CMA-ES, batched population evaluation, and train.py end to end."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from config import get_config
+from models.agent import WorldModelAgent, WorldModelPolicy
+from models.controller import CMAES, Controller, outputs_to_actions, population_forward
+from models.mdnrnn import MDNRNN
+from models.vae import ConvVAE
+from tests.conftest import isolate
+from train import run_pipeline
+from training.train_controller import load_controller_checkpoint, load_world_model_agent, run_episodes, train_controller
+from training.train_utils import checkpoint_path, load_checkpoint
+from utils.env_pool import EnvPool
+from utils.environment import make_frame_env, run_episode
+from utils.errors import WorldModelsError
+
+
+def test_cma_es_minimises_a_shifted_sphere():
+    target = np.linspace(-1, 1, 12)
+    es = CMAES(12, sigma=0.5, population_size=16, seed=3)
+    for _ in range(200):
+        candidates = es.ask()
+        es.tell(-((candidates - target) ** 2).sum(axis=1))
+    assert np.abs(es.mean - target).max() < 1e-4
+
+
+def test_cma_es_state_is_rebuilt_exactly_from_its_fitness_history():
+    def fitness_of(candidates):
+        return -np.abs(candidates - 0.3).sum(axis=1)
+
+    es = CMAES(20, sigma=0.5, population_size=8, seed=1)
+    for _ in range(6):
+        es.tell(fitness_of(es.ask()))
+    np.random.seed(123)  # someone else using numpy's global RNG must not matter
+    rebuilt = CMAES(20, sigma=0.5, population_size=8, seed=1)
+    rebuilt.replay(np.stack(es.fitness_history))
+    np.testing.assert_array_equal(rebuilt.ask(), es.ask())
+    assert rebuilt.sigma == es.sigma
+
+
+def test_flat_parameters_round_trip_exactly_and_batched_forward_matches():
+    controller = Controller(40, 3, hidden_sizes=(8,))
+    flat = torch.randn(5, controller.num_parameters)
+    inputs = torch.randn(5, 40)
+    batched = population_forward(controller.layer_shapes, flat, inputs)
+    for row in range(5):
+        controller.set_flat_parameters(flat[row])
+        assert torch.equal(controller.get_flat_parameters(), flat[row])
+        torch.testing.assert_close(batched[row], controller(inputs[row : row + 1])[0])
+    with pytest.raises(WorldModelsError, match=f"expects {controller.num_parameters} parameters, got 3"):
+        controller.set_flat_parameters(torch.zeros(3))
+
+
+def test_actions_are_mapped_into_the_action_space():
+    car_racing = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
+    outputs = torch.tensor([[-50.0, -50.0, 50.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(outputs_to_actions(outputs, car_racing).numpy(), [[-1, 0, 1], [0, 0.5, 0.5]], atol=1e-6)
+    one_hot = outputs_to_actions(torch.tensor([[0.1, 2.0, -1.0, 0.0]]), gym.spaces.Discrete(4))
+    assert one_hot.tolist() == [[0, 1, 0, 0]]
+
+
+def _random_policy(cfg, action_space):
+    torch.manual_seed(0)
+    vae = ConvVAE(cfg.vae.latent_size)
+    actions = int(action_space.n)
+    mdnrnn = MDNRNN(cfg.vae.latent_size, actions, cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
+    controller = Controller(cfg.vae.latent_size + cfg.mdnrnn.hidden_size, actions)
+    return WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space), controller.num_parameters
+
+
+def test_batched_population_evaluation_equals_one_candidate_at_a_time(smoke_config):
+    cfg = smoke_config("LunarLander-v3", ["env.max_episode_steps=40"])
+    env = make_frame_env(cfg.env)
+    policy, num_params = _random_policy(cfg, env.action_space)
+    params = np.random.default_rng(0).normal(0, 0.5, (3, num_params)).astype(np.float32)
+    seeds = np.array([11, 12])
+    with EnvPool(cfg.env, num_envs=4, workers=2) as pool:  # fewer envs than episodes: runs in chunks
+        batched, lengths, _ = run_episodes(policy, pool, np.repeat(params, 2, axis=0), np.tile(seeds, 3))
+    alone = [run_episode(env, WorldModelAgent(policy, params[p]), int(seed), record=False).total_reward
+             for p in range(3) for seed in seeds]
+    np.testing.assert_allclose(batched, alone, rtol=1e-5)
+    assert len(set(np.round(batched, 3))) > 1, "different candidates/seeds should play differently"
+
+
+@pytest.fixture(scope="module")
+def lunar_models(tmp_path_factory):
+    """V and M trained by train.py's smoke pipeline on LunarLander (controller stage skipped here)."""
+    root = tmp_path_factory.mktemp("lunar")
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=60"]), root)
+    run_pipeline(cfg, force=frozenset(), skip=frozenset())
+    return root
+
+
+def _controller_config(root, generations):
+    overrides = ["env.max_episode_steps=60", f"controller.generations={generations}", "controller.eval_every=2",
+                 "controller.video_every=0", "controller.workers=2"]
+    return isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides), root)
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_leaves_loadable_checkpoints_and_an_agent(lunar_models):
+    cfg = _controller_config(lunar_models, 2)
+    for stage in ("vae", "mdnrnn", "controller"):
+        assert load_checkpoint(checkpoint_path(cfg, stage), stage, "LunarLander-v3")["env_id"] == "LunarLander-v3"
+    agent = load_world_model_agent(cfg, "cpu")
+    env = make_frame_env(cfg.env)
+    episode = run_episode(env, agent, seed=5)
+    assert episode.length > 0 and np.isfinite(episode.total_reward)
+    # re-running the finished experiment redoes nothing
+    before = checkpoint_path(cfg, "vae").stat().st_mtime_ns
+    run_pipeline(cfg)
+    assert checkpoint_path(cfg, "vae").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tmp_path):
+    interrupted = _controller_config(lunar_models, 1)
+    interrupted.experiment.checkpoint_dir = str(tmp_path / "interrupted")
+    for stage in ("vae", "vae_best", "mdnrnn", "mdnrnn_best"):  # share V and M
+        source = checkpoint_path(_controller_config(lunar_models, 1), stage)
+        target = checkpoint_path(interrupted, stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    train_controller(interrupted)  # "killed" after generation 1
+    interrupted.controller.generations = 3
+    train_controller(interrupted)
+    resumed = load_controller_checkpoint(interrupted)
+    assert resumed["generation"] == 3
+
+    straight = _controller_config(lunar_models, 3)
+    straight.experiment.checkpoint_dir = interrupted.experiment.checkpoint_dir.replace("interrupted", "straight")
+    for stage in ("vae", "vae_best", "mdnrnn", "mdnrnn_best"):
+        target = checkpoint_path(straight, stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(checkpoint_path(interrupted, stage).read_bytes())
+    train_controller(straight)
+    uninterrupted = load_controller_checkpoint(straight)
+    torch.testing.assert_close(resumed["fitness_history"], uninterrupted["fitness_history"])
+    torch.testing.assert_close(resumed["best_params"], uninterrupted["best_params"])
+
+
+def test_skipped_stage_without_its_output_names_the_command(smoke_config, tmp_path):
+    cfg = smoke_config("LunarLander-v3")
+    with pytest.raises(WorldModelsError, match="no rollouts .* python -m training.collect --env LunarLander-v3"):
+        run_pipeline(cfg, skip=frozenset({"collect"}))
+    with pytest.raises(WorldModelsError, match="no vae checkpoint .* python -m training.train_vae --env LunarLander-v3"):
+        run_pipeline(cfg, skip=frozenset({"vae"}))
+    assert not (tmp_path / "data").exists(), "nothing runs when a skipped stage's output is missing"

@@ -1,0 +1,101 @@
+"""Train a World Models agent: collect -> vae -> mdnrnn -> controller, each stage resuming where it stopped.
+
+    python train.py --env LunarLander-v3 --preset smoke
+    python train.py --env ALE/Pong-v5 --experiment my_run --set vae.beta=2.0
+    python train.py --env ALE/Pong-v5 --skip-vae --skip-mdnrnn      # only the controller
+    python train.py --env LunarLander-v3 --force vae                  # retrain V (and so M and C)
+
+Each stage is the same function its own script runs (`python -m training.train_vae ...`). A finished
+stage is not redone: re-running a finished experiment only checks that its artifacts are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from config import Config
+from training.train_utils import add_common_args, checkpoint_path, config_from_args, load_checkpoint, run_cli
+from utils.data import require_episodes, rollout_dir
+from utils.environment import resolve_env_id
+
+STAGES = ("collect", "vae", "mdnrnn", "controller")
+
+
+def _stage_function(stage: str) -> Callable[[Config], Path]:
+    # Imported on demand so `--help` and bad-input errors come back fast.
+    if stage == "collect":
+        from training.collect import collect
+        return collect
+    if stage == "vae":
+        from training.train_vae import train_vae
+        return train_vae
+    if stage == "mdnrnn":
+        from training.train_mdnrnn import train_mdnrnn
+        return train_mdnrnn
+    from training.train_controller import train_controller
+    return train_controller
+
+
+def _stage_artifacts(cfg: Config, stage: str) -> list[Path]:
+    if stage == "collect":
+        return [rollout_dir(cfg)]
+    return [checkpoint_path(cfg, stage), checkpoint_path(cfg, f"{stage}_best")]
+
+
+def _require_artifact(cfg: Config, stage: str) -> None:
+    """A skipped stage's output must exist; if not, name the command that makes it."""
+    if stage == "collect":
+        require_episodes(cfg)
+    else:
+        load_checkpoint(checkpoint_path(cfg, stage), stage, cfg.env.env_id)
+
+
+def run_pipeline(cfg: Config, skip: frozenset[str] = frozenset(), force: frozenset[str] = frozenset()) -> dict[str, Path]:
+    """Run the stages in order. `force` redoes a stage and every stage after it (they depend on it)."""
+    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
+    first_forced = min((STAGES.index(stage) for stage in force), default=len(STAGES))
+    for stage in STAGES:  # before any work: a skipped stage's output must already be there
+        if stage in skip:
+            _require_artifact(cfg, stage)
+    outputs: dict[str, Path] = {}
+    for index, stage in enumerate(STAGES):
+        if stage in skip:
+            print(f"== {stage}: skipped (using the existing {stage} output)")
+            continue
+        if index >= first_forced:
+            for artifact in _stage_artifacts(cfg, stage):
+                if artifact.is_dir():
+                    shutil.rmtree(artifact)
+                elif artifact.exists():
+                    artifact.unlink()
+        print(f"== {stage}")
+        started = time.perf_counter()
+        outputs[stage] = _stage_function(stage)(cfg)
+        print(f"== {stage}: done in {time.perf_counter() - started:.0f} s")
+    return outputs
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a World Models agent (collect -> vae -> mdnrnn -> controller).")
+    add_common_args(parser)
+    for stage in STAGES:
+        parser.add_argument(f"--skip-{stage}", action="store_true", help=f"use the existing {stage} output")
+    parser.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
+                        help="redo STAGE and the stages after it even if finished (repeatable)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    skip = frozenset(stage for stage in STAGES if getattr(args, f"skip_{stage}"))
+    started = time.perf_counter()
+    outputs = run_pipeline(cfg, skip, frozenset(args.force))
+    print(f"train: {cfg.experiment_name} finished in {time.perf_counter() - started:.0f} s")
+    if "controller" in outputs:
+        print(f"evaluate it with: python evaluate.py --env {cfg.env.env_id} --method world_models "
+              f"--experiment {cfg.experiment_name}" + (f" --preset {args.preset}" if args.preset != "default" else ""))
+
+
+if __name__ == "__main__":
+    run_cli(main)
