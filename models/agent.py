@@ -10,15 +10,25 @@ Per step t (paper, section 3): z_t = mu_V(frame_t); a_t = C([z_t, h_t]); h_{t+1}
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from models.controller import outputs_to_actions, population_forward
-from models.mdnrnn import MDNRNN, Hidden
+from models.mdnrnn import MDNRNN, Hidden, mixture_mean
 from models.vae import ConvVAE, frames_to_input
+
+
+class PolicyStep(NamedTuple):
+    """What one step of the policy computed for E episodes."""
+
+    env_actions: list[Any]  # E actions in the env's format
+    action_vectors: torch.Tensor  # (E, A) float32, one-hot for discrete
+    hidden: Hidden  # M's next state (h, c), each (1, E, H)
+    z: torch.Tensor  # (E, latent_size): V's encoding of the frame (posterior mean)
+    predicted_next_z: torch.Tensor  # (E, latent_size): M's expectation of z_{t+1}
 
 
 class WorldModelPolicy:
@@ -36,18 +46,15 @@ class WorldModelPolicy:
         return self.mdnrnn.initial_state(num_episodes, self.device)
 
     @torch.no_grad()
-    def act(self, frames: np.ndarray, params: torch.Tensor, hidden: Hidden) -> tuple[list[Any], torch.Tensor, Hidden, torch.Tensor]:
-        """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H).
-
-        Returns (env actions: list of E, action vectors (E, A), next hidden, z (E, latent_size)).
-        """
+    def act(self, frames: np.ndarray, params: torch.Tensor, hidden: Hidden) -> PolicyStep:
+        """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H)."""
         z, _ = self.vae.encode(frames_to_input(frames, self.device, channels_last=False))
         z = z.float()
         controller_input = torch.cat([z, hidden[0][0]], dim=-1) if self.inputs == "zh" else z
         outputs = population_forward(self.layer_shapes, params, controller_input)
         action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator)
-        *_, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
-        return self.to_env_actions(action_vectors), action_vectors, next_hidden, z
+        log_pi, mu, _, _, _, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
+        return PolicyStep(self.to_env_actions(action_vectors), action_vectors, next_hidden, z, mixture_mean(log_pi, mu))
 
     def to_env_actions(self, action_vectors: torch.Tensor) -> list[Any]:
         if isinstance(self.action_space, gym.spaces.Discrete):
@@ -70,5 +77,6 @@ class WorldModelAgent:
             self.policy.generator.manual_seed(seed)
 
     def act(self, frame: np.ndarray) -> Any:
-        actions, _, self.hidden, _ = self.policy.act(frame[None], self.params, self.hidden)
-        return actions[0]
+        self.last_step = self.policy.act(frame[None], self.params, self.hidden)
+        self.hidden = self.last_step.hidden
+        return self.last_step.env_actions[0]

@@ -79,9 +79,9 @@ def run_episodes(policy: WorldModelPolicy, pool: EnvPool, params: np.ndarray, se
             if record_first and start == 0 and alive[0]:
                 recorded.append(frames[0])
             state = (hidden[0][:, active_tensor], hidden[1][:, active_tensor])
-            actions, _, state, _ = policy.act(frames[active], params_tensor[start + active_tensor], state)
-            hidden[0][:, active_tensor], hidden[1][:, active_tensor] = state
-            new_frames, rewards, terminated, truncated = pool.step(active, actions)
+            step = policy.act(frames[active], params_tensor[start + active_tensor], state)
+            hidden[0][:, active_tensor], hidden[1][:, active_tensor] = step.hidden
+            new_frames, rewards, terminated, truncated = pool.step(active, step.env_actions)
             frames[active] = new_frames
             returns[start + active] += rewards
             lengths[start + active] += 1

@@ -1,0 +1,326 @@
+"""Evaluate World Models, PPO or a random policy, or compare them, on the same seeded episodes.
+
+    python evaluate.py --env LunarLander-v3 --method random --episodes 20
+    python evaluate.py --env LunarLander-v3 --method world_models --episodes 100
+    python evaluate.py --env LunarLander-v3 --method compare --episodes 20 --video
+
+Every agent goes through one loop (`agent.reset(seed)`, `agent.act(obs)`); episode i of every method
+is played from the same env seed, drawn from a range disjoint from all training seeds. Results go to
+`results/<experiment>/` (JSON summary, per-episode CSV, and for `compare` a box plot and the training
+curves read back from TensorBoard) and, with `--video`, mp4s of the best and worst episodes to
+`videos/<experiment>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from config import Config
+from training.train_utils import (add_common_args, checkpoint_config, checkpoint_path, config_from_args, episode_seeds,
+                                  experiment_dir, load_checkpoint, run_cli)
+from utils.environment import RandomAgent, make_frame_env, resolve_env_id, run_episode
+from utils.errors import WorldModelsError
+from utils.video import upscale, write_mp4
+from utils.workers import parallel_map
+
+METHODS = ("world_models", "ppo", "random")
+TRAIN_COMMANDS = {
+    "world_models": "python train.py --env {env}",
+    "ppo": "python -m training.ppo_baseline --env {env}",
+}
+
+
+# ------------------------------------------------------------------------------------ statistics
+@dataclass
+class Summary:
+    """Statistics of one method's returns."""
+
+    method: str
+    episodes: int
+    mean: float
+    std: float
+    ci95_low: float
+    ci95_high: float
+    median: float
+    min: float
+    max: float
+    mean_length: float
+    wall_seconds: float
+    observes: str
+
+
+def t_quantile_975(dof: float) -> float:
+    """Two-sided 95% quantile of Student's t with `dof` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, dof)) if dof > 0 else math.inf
+
+
+def summarize(method: str, returns: np.ndarray, lengths: np.ndarray, wall_seconds: float, observes: str) -> Summary:
+    """Mean, sample std (ddof=1), t-based 95% confidence interval of the mean, and order statistics."""
+    n = len(returns)
+    mean = float(np.mean(returns))
+    std = float(np.std(returns, ddof=1)) if n > 1 else 0.0
+    half_width = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.inf
+    return Summary(method, n, mean, std, mean - half_width, mean + half_width, float(np.median(returns)),
+                   float(np.min(returns)), float(np.max(returns)), float(np.mean(lengths)), wall_seconds, observes)
+
+
+def difference_of_means(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """mean(a) - mean(b) with Welch's 95% confidence interval (unequal variances)."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    difference = float(np.mean(a) - np.mean(b))
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return difference, difference, difference
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half_width = t_quantile_975(dof) * se
+    return difference, difference - half_width, difference + half_width
+
+
+# ------------------------------------------------------------------------------- agents and envs
+def _trained_config(cfg: Config, stage: str) -> Config:
+    """The config a stage's checkpoint was trained with, keeping this run's folders and device."""
+    path = checkpoint_path(cfg, stage)
+    if not path.is_file():
+        command = TRAIN_COMMANDS["ppo" if stage == "ppo" else "world_models"].format(env=cfg.env.env_id)
+        raise WorldModelsError(f"no {stage} checkpoint at {path}; train it first: {command}"
+                               + (f" --experiment {cfg.experiment.name}" if cfg.experiment.name else ""))
+    trained = checkpoint_config(load_checkpoint(path, stage, cfg.env.env_id))
+    trained.experiment = cfg.experiment
+    return trained
+
+
+def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any, str]:
+    """(agent, env, what the agent observes) for `method`."""
+    if method == "world_models":
+        from training.train_controller import load_world_model_agent
+
+        trained = _trained_config(cfg, "controller")
+        agent = load_world_model_agent(trained, device)
+        h = f" + h ({trained.mdnrnn.hidden_size})" if trained.controller.inputs == "zh" else ""
+        return agent, make_frame_env(trained.env), f"{trained.env.frame_size}x{trained.env.frame_size} RGB -> z ({trained.vae.latent_size}){h}"
+    if method == "ppo":
+        from training.ppo_baseline import PPOAgent, make_ppo_eval_env
+
+        _trained_config(cfg, "ppo")  # a clear message when it is missing
+        agent = PPOAgent.from_checkpoint(cfg, device)
+        env = make_ppo_eval_env(agent.config, render_mode="rgb_array")
+        shape = env.observation_space.shape
+        observes = (f"{shape[1]}x{shape[2]} gray x{shape[0]}" if len(shape) == 3 else f"state vector ({shape[0]})")
+        return agent, env, observes
+    if method == "random":
+        env = make_frame_env(cfg.env)
+        return RandomAgent(env.action_space, "uniform"), env, "nothing (uniform random actions)"
+    raise WorldModelsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, compare")
+
+
+_worker: dict = {}
+
+
+def _init_worker(method: str, cfg: Config, device: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker process
+    _worker["agent"], _worker["env"], _ = make_agent_and_env(method, cfg, device)
+
+
+def _play(seed: int) -> tuple[int, float, int]:
+    episode = run_episode(_worker["env"], _worker["agent"], int(seed), record=False)
+    return int(seed), episode.total_reward, episode.length
+
+
+def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = False) -> np.ndarray:
+    """Replay the episode of `seed` and return its rendered frames (T, H, W, 3) uint8.
+
+    With `world_model_views`, each frame is V's input, V's reconstruction and the decoding of M's
+    prediction for this step (made on the previous step), side by side, each 64x64 upscaled 4x.
+    """
+    import torch
+
+    observation, _ = env.reset(seed=seed)
+    agent.reset(seed)
+    frames, predicted = [], None
+    while True:
+        action = agent.act(observation)
+        if world_model_views:
+            vae = agent.policy.vae
+            with torch.no_grad():
+                recon = vae.decode(agent.last_step.z)
+                guess = vae.decode(predicted) if predicted is not None else torch.zeros_like(recon)
+            views = [observation] + [(view[0].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy() for view in (recon, guess)]
+            frames.append(upscale(np.concatenate(views, axis=1)[None], 4)[0])
+            predicted = agent.last_step.predicted_next_z
+        else:
+            frames.append(env.render())
+        observation, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            return np.stack(frames)
+
+
+def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, device: str, video: bool) -> tuple[Summary, list[dict]]:
+    """Play `episodes` seeded episodes of `method`, in parallel over `workers` processes."""
+    agent, env, observes = make_agent_and_env(method, cfg, device)  # fails fast, before workers start
+    seeds = episode_seeds(cfg, "evaluate", 0, episodes)
+    started = time.perf_counter()
+    results = parallel_map(_play, list(seeds), workers, _init_worker, (method, cfg, device))
+    records = sorted(tqdm(results, total=episodes, desc=f"evaluate {method}", unit="ep"))
+    wall = time.perf_counter() - started
+    rows = [{"method": method, "episode": i, "seed": seed, "return": ret, "length": length}
+            for i, (seed, ret, length) in enumerate(records)]
+    returns = np.array([row["return"] for row in rows])
+    summary = summarize(method, returns, np.array([row["length"] for row in rows]), wall, observes)
+    if video:
+        video_dir = experiment_dir(cfg, "videos")
+        for label, index in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):
+            seed = rows[index]["seed"]
+            path = write_mp4(record_episode(agent, env, seed), video_dir / f"eval_{method}_{label}_seed{seed}.mp4")
+            print(f"video: {path}")
+        if method == "world_models":
+            seed = rows[int(np.argmax(returns))]["seed"]
+            path = write_mp4(record_episode(agent, env, seed, world_model_views=True),
+                             video_dir / f"eval_world_models_views_seed{seed}.mp4")
+            print(f"video (real | V's reconstruction | M's prediction): {path}")
+    env.close()
+    return summary, rows
+
+
+# --------------------------------------------------------------------------------------- output
+def format_table(summaries: list[Summary]) -> str:
+    header = (f"{'method':13s} {'episodes':>8s} {'mean ± std':>20s} {'95% CI':>22s} {'median':>9s} {'min':>9s} "
+              f"{'max':>9s} {'length':>8s} {'wall s':>7s}  observes")
+    lines = [header, "-" * len(header)]
+    for s in summaries:
+        lines.append(f"{s.method:13s} {s.episodes:8d} {f'{s.mean:.1f} ± {s.std:.1f}':>20s} "
+                     f"{f'[{s.ci95_low:.1f}, {s.ci95_high:.1f}]':>22s} {s.median:9.1f} {s.min:9.1f} {s.max:9.1f} "
+                     f"{s.mean_length:8.1f} {s.wall_seconds:7.1f}  {s.observes}")
+    return "\n".join(lines)
+
+
+def write_results(folder: Path, name: str, summaries: list[Summary], rows: list[dict], extra: Optional[dict] = None) -> None:
+    from training.train_utils import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"eval_{name}.json") as tmp:
+        tmp.write_text(json.dumps({"summaries": [asdict(s) for s in summaries], **(extra or {}), "episodes": rows}, indent=2))
+    with atomic_path(folder / f"eval_{name}_episodes.csv") as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["method", "episode", "seed", "return", "length"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def read_scalars(log_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tag: (steps, values)} for the tags found in the TensorBoard event files under `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not log_dir.is_dir():
+        return {}
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    found = set(events.Tags().get("scalars", []))
+    return {tag: (np.array([e.step for e in events.Scalars(tag)]), np.array([e.value for e in events.Scalars(tag)]))
+            for tag in tags if tag in found}
+
+
+def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], folder: Path) -> list[Path]:
+    """A box plot of returns per method, and both methods' training curves from their TensorBoard logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [s.method for s in summaries]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.boxplot([[r["return"] for r in rows if r["method"] == m] for m in methods], showmeans=True)
+    axis.set_xticks(range(1, len(methods) + 1), methods)
+    axis.set_ylabel("episode return")
+    axis.set_title(f"{cfg.env.env_id}: {summaries[0].episodes} evaluation episodes per method")
+    figure.tight_layout()
+    box_path = folder / "compare_returns.png"
+    figure.savefig(box_path, dpi=120)
+    plt.close(figure)
+
+    logs = experiment_dir(cfg, "logs")
+    controller = read_scalars(logs / "controller", ["controller/fitness_mean", "controller/fitness_best", "controller/best_score"])
+    ppo = read_scalars(logs / "ppo", ["charts/episodic_return"])
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for tag, (steps, values) in controller.items():
+        axes[0].plot(steps, values, label=tag.split("/")[1])
+    axes[0].set(xlabel="CMA-ES generation", ylabel="return", title="World Models controller (CMA-ES)")
+    if ppo:
+        steps, values = ppo["charts/episodic_return"]
+        window = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axes[1].plot(steps, values, alpha=0.25, label="episodic return")
+        axes[1].plot(steps[window - 1 :], smooth, label=f"moving mean ({window})")
+    axes[1].set(xlabel="environment steps", ylabel="return", title="PPO baseline")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend()
+    figure.tight_layout()
+    curves_path = folder / "compare_training_curves.png"
+    figure.savefig(curves_path, dpi=120)
+    plt.close(figure)
+    return [box_path, curves_path]
+
+
+def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: bool = False) -> dict[str, Any]:
+    """Evaluate one method, or all three for `compare`; returns the summaries and writes the results."""
+    if episodes < 1:
+        raise WorldModelsError(f"--episodes must be >= 1, got {episodes}")
+    if method not in (*METHODS, "compare"):
+        raise WorldModelsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, compare")
+    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
+    methods = list(METHODS) if method == "compare" else [method]
+    if method == "compare":  # every trained method must exist before anything runs
+        for name in ("world_models", "ppo"):
+            _trained_config(cfg, "controller" if name == "world_models" else "ppo")
+    seeds = episode_seeds(cfg, "evaluate", 0, episodes)
+    print(f"evaluate: {cfg.env.env_id}, {episodes} episodes per method, env seeds {seeds[0]}..{seeds[-1]}")
+    summaries, rows = [], []
+    for name in methods:
+        summary, method_rows = evaluate_method(name, cfg, episodes, workers, cfg.experiment.device, video)
+        summaries.append(summary)
+        rows.extend(method_rows)
+    print(format_table(summaries))
+    folder = experiment_dir(cfg, "results")
+    extra: dict[str, Any] = {"env_id": cfg.env.env_id, "seeds": seeds.tolist()}
+    if method == "compare":
+        wm = np.array([r["return"] for r in rows if r["method"] == "world_models"])
+        ppo = np.array([r["return"] for r in rows if r["method"] == "ppo"])
+        difference, low, high = difference_of_means(wm, ppo)
+        extra["world_models_minus_ppo"] = {"difference": difference, "ci95_low": low, "ci95_high": high}
+        print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
+    write_results(folder, method, summaries, rows, extra)
+    if method == "compare":
+        for path in plot_comparison(cfg, rows, summaries, folder):
+            print(f"plot: {path}")
+    print(f"results: {folder / f'eval_{method}.json'}, {folder / f'eval_{method}_episodes.csv'}")
+    return {"summaries": summaries, "rows": rows, **extra}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate world_models, ppo or random, or compare them.")
+    add_common_args(parser)
+    parser.add_argument("--method", default="world_models", help="world_models | ppo | random | compare")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per core)")
+    parser.add_argument("--video", action="store_true", help="mp4s of the best and worst episode per method")
+    args = parser.parse_args(argv)
+    evaluate(config_from_args(args), args.method, args.episodes, args.workers, args.video)
+
+
+if __name__ == "__main__":
+    run_cli(main)
