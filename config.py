@@ -94,12 +94,13 @@ class MDNRNNConfig:
     learning_rate: float = 1e-3
     epochs: int = 20
     grad_clip: float = 1.0
-    reward_weight: float = 1.0  # weight of the reward-prediction loss (MSE)
+    reward_weight: float = 1.0  # weight of the reward-prediction loss (Huber, delta 1)
     done_weight: float = 1.0  # weight of the done-prediction loss (BCE)
-    val_fraction: float = 0.05
-    max_steps_per_epoch: int = 0
+    val_fraction: float = 0.05  # share of episodes held out for validation
+    max_steps_per_epoch: int = 0  # 0 = about one pass over the training frames per epoch
     train: bool = True  # false = keep M untrained (the paper's ablation)
-    amp: bool = True
+    amp: bool = True  # autocast on CUDA (bf16 where supported, fp16 + GradScaler otherwise)
+    encode_batch_size: int = 512  # frames per VAE forward pass when building the latent cache
 
 
 @dataclass

@@ -1,0 +1,561 @@
+"""Stage 3: train M, the MDN-RNN, on V's latents of the rollouts -> `checkpoints/<experiment>/mdnrnn.pt`.
+
+    python -m training.train_mdnrnn --env LunarLander-v3 --preset smoke
+
+1. Latent cache. Every frame is encoded once with V into `checkpoints/<experiment>/latents.npz`
+   (mu and logvar per frame, float32, plus each episode's actions, rewards and terminal flags). It
+   stores fingerprints of V's weights and of the rollout files and is rebuilt when either changes.
+2. Training. Random windows of `mdnrnn.sequence_length` steps within episodes (shorter episodes are
+   padded and masked); z is re-sampled from N(mu, sigma^2) every time a window is drawn, as in the
+   paper. Targets: z_{t+1} (masked at an episode's last step, whose next frame is not stored), r_t and
+   terminated_t. Every epoch writes `mdnrnn.pt` (the resume point) and, when validation improves,
+   `mdnrnn_best.pt` (what `load_mdnrnn` serves to the controller stage).
+
+`mdnrnn.train=false` writes a seeded, untrained M instead: the paper's ablation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from config import Config
+from models.mdnrnn import MDNOutput, MDNRNN, masked_mean, mdnrnn_loss, mixture_mean
+from models.vae import ConvVAE, frames_to_input
+from training.train_utils import (
+    add_common_args,
+    atomic_path,
+    autocast,
+    checkpoint_config,
+    checkpoint_path,
+    config_from_args,
+    experiment_dir,
+    load_checkpoint,
+    make_grad_scaler,
+    make_writer,
+    require_match,
+    resolve_device,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+)
+from training.train_vae import image_grid, load_vae, save_png
+from utils.data import FrameChunkLoader, load_episode, require_episodes, rollout_dir, split_episodes
+from utils.environment import action_size, make_env, parse_env_kwargs
+from utils.errors import WorldModelsError
+
+CACHE_KEYS = ("mu", "logvar", "actions", "rewards", "terminated", "offsets", "episode_names")
+IMAGE_SEQUENCES = 4  # validation sequences shown in the predicted-frames image
+IMAGE_STEPS = 8  # time steps per sequence in that image
+
+
+# ------------------------------------------------------------------------------------------ paths
+def best_checkpoint_path(cfg: Config) -> Path:
+    """`checkpoints/<experiment>/mdnrnn_best.pt`: the weights with the lowest validation loss."""
+    return experiment_dir(cfg, "checkpoints") / "mdnrnn_best.pt"
+
+
+def latent_cache_path(cfg: Config) -> Path:
+    """`checkpoints/<experiment>/latents.npz`: beside the VAE whose latents it holds."""
+    return experiment_dir(cfg, "checkpoints") / "latents.npz"
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+def vae_fingerprint(vae: nn.Module) -> str:
+    """SHA-1 of V's weights (names, dtypes, shapes, bytes): identifies the latents V produces.
+
+    Hashing the weights rather than the file's size and mtime survives copies and ignores what
+    changes nothing (optimizer state, metrics).
+    """
+    digest = hashlib.sha1()
+    for name, tensor in sorted(vae.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rollouts_fingerprint(paths: list[Path]) -> str:
+    """SHA-1 of the episode files' names, sizes and modification times: changes when data is added or re-collected."""
+    digest = hashlib.sha1()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def env_action_size(cfg: Config) -> int:
+    """A: the action vector width of `cfg`'s env (with its env_kwargs, e.g. continuous=True)."""
+    env = make_env(cfg.env.env_id, **parse_env_kwargs(cfg.env.env_kwargs))
+    size = action_size(env.action_space)
+    env.close()
+    return size
+
+
+# ------------------------------------------------------------------------------------ latent cache
+class LatentCache(NamedTuple):
+    """Every frame's V posterior, with the episode data M trains on, episodes concatenated.
+
+    mu, logvar: (N, Z) float32; actions: (N, A) float32; rewards: (N,) float32; terminated: (N,) bool;
+    offsets: (E + 1,) int64, episode e is rows offsets[e]:offsets[e+1]; episode_names: (E,) file names.
+    """
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    offsets: np.ndarray
+    episode_names: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@torch.no_grad()
+def encode_rollouts(
+    vae: ConvVAE, paths: list[Path], device: torch.device, batch_size: int, channels_last: bool, episodes_per_chunk: int = 64
+) -> LatentCache:
+    """Encode every frame of `paths` (in order) with V: batches of `batch_size` uint8 frames go to the
+    device, one encoder pass each. V runs in fp32: the cache serves every epoch, so precision beats a
+    one-off speed-up."""
+    episodes = [load_episode(path, keys=("actions", "rewards", "terminated")) for path in paths]
+    lengths = np.array([len(episode["rewards"]) for episode in episodes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(offsets[-1])
+    mu = np.empty((total, vae.latent_size), dtype=np.float32)
+    logvar = np.empty_like(mu)
+    loader = FrameChunkLoader(paths, batch_size, episodes_per_chunk, seed=0, shuffle=False, drop_last=False)
+    position = 0
+    with tqdm(total=total, desc="mdnrnn encode", unit="frame") as bar:
+        for frames_uint8 in loader:
+            frames = torch.from_numpy(frames_uint8)
+            if device.type == "cuda":
+                frames = frames.pin_memory()
+            batch_mu, batch_logvar = vae.encode(frames_to_input(frames, device, channels_last))
+            mu[position : position + len(frames)] = batch_mu.float().cpu().numpy()
+            logvar[position : position + len(frames)] = batch_logvar.float().cpu().numpy()
+            position += len(frames)
+            bar.update(len(frames))
+    if position != total:
+        raise WorldModelsError(f"episode files changed while encoding ({position} frames read, {total} expected); re-run")
+    return LatentCache(
+        mu=mu,
+        logvar=logvar,
+        actions=np.concatenate([episode["actions"] for episode in episodes]).astype(np.float32),
+        rewards=np.concatenate([episode["rewards"] for episode in episodes]).astype(np.float32),
+        terminated=np.concatenate([episode["terminated"] for episode in episodes]).astype(bool),
+        offsets=offsets,
+        episode_names=np.array([path.name for path in paths]),
+    )
+
+
+def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device: torch.device) -> LatentCache:
+    """The latent cache of `paths` under V, read from disk when its fingerprints still match, else
+    encoded and written atomically."""
+    path = latent_cache_path(cfg)
+    fingerprints = {"vae_fingerprint": vae_fingerprint(vae), "rollouts_fingerprint": rollouts_fingerprint(paths)}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as archive:
+            stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
+            if not stale:
+                print(f"mdnrnn: latent cache {path} is up to date")
+                return LatentCache(*(archive[key] for key in CACHE_KEYS))
+        print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
+    cache = encode_rollouts(vae, paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last, cfg.vae.episodes_per_chunk)
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            np.savez(handle, **cache._asdict(), **{name: np.str_(value) for name, value in fingerprints.items()})
+    print(f"mdnrnn: encoded {len(cache.mu)} frames of {len(paths)} episodes into {path}")
+    return cache
+
+
+# ----------------------------------------------------------------------------------- sequences
+class SequenceBatch(NamedTuple):
+    """Windows of L steps plus the frame after them. mu, logvar: (B, L+1, Z); actions: (B, L, A);
+    rewards, dones: (B, L) float32; valid: (B, L+1) bool, false on padding past an episode's end."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    valid: torch.Tensor
+
+    def to(self, device: torch.device) -> "SequenceBatch":
+        if device.type != "cuda":
+            return self
+        return SequenceBatch(*(tensor.pin_memory().to(device, non_blocking=True) for tensor in self))
+
+
+class SequenceSampler:
+    """Cuts windows out of a LatentCache's episodes with one vectorised gather per batch.
+
+    A window starting at `start` of episode e covers rows start .. start+L of that episode (L inputs
+    and the frame after the last one); rows past the episode's end repeat its last row and are masked.
+    """
+
+    def __init__(self, cache: LatentCache, episode_ids: np.ndarray, sequence_length: int):
+        self.sequence_length = sequence_length
+        self.episode_ids = np.asarray(episode_ids, dtype=np.int64)
+        self.offsets, self.lengths = cache.offsets, cache.lengths
+        # Torch views of the numpy arrays (no copy): index_select gathers a batch in one call per field.
+        self.fields = {name: torch.from_numpy(getattr(cache, name)) for name in ("mu", "logvar", "actions", "rewards", "terminated")}
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.lengths[self.episode_ids].sum())
+
+    def windows_per_episode(self) -> np.ndarray:
+        """ceil(T / L) per episode: an epoch of that many windows shows about every frame once."""
+        return np.ceil(self.lengths[self.episode_ids] / self.sequence_length).astype(np.int64)
+
+    def epoch_windows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(episode ids, starts), shuffled: ceil(T/L) windows per episode of length T.
+
+        Starts are drawn uniformly from [-(L-1), T-1] and clipped to [0, T-L]: every frame, the first
+        and last included, is covered with the same probability (a plain uniform start in [0, T-L]
+        would almost never show M an episode's final, done-carrying step), and windows stay full.
+        """
+        length = self.sequence_length
+        counts = self.windows_per_episode()
+        episode_lengths = self.lengths[self.episode_ids]
+        episodes = np.repeat(self.episode_ids, counts)
+        totals = np.repeat(episode_lengths, counts)
+        raw = rng.integers(-(length - 1), totals)
+        starts = np.clip(raw, 0, np.maximum(totals - length, 0))
+        order = rng.permutation(len(episodes))
+        return episodes[order], starts[order]
+
+    def eval_windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(episode ids, starts) of consecutive windows covering every step of every episode once."""
+        counts = self.windows_per_episode()
+        episodes = np.repeat(self.episode_ids, counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        starts = (np.arange(len(episodes)) - first) * self.sequence_length
+        return episodes, starts
+
+    def gather(self, episodes: np.ndarray, starts: np.ndarray) -> SequenceBatch:
+        """The windows (episodes[i], starts[i]) as a CPU SequenceBatch."""
+        positions = starts[:, None] + np.arange(self.sequence_length + 1)
+        lengths = self.lengths[episodes][:, None]
+        valid = positions < lengths
+        rows = torch.from_numpy(self.offsets[episodes][:, None] + np.minimum(positions, lengths - 1))
+        flat = rows.reshape(-1)
+
+        def take(name: str, steps: slice) -> torch.Tensor:
+            values = self.fields[name].index_select(0, flat)
+            return values.reshape(*rows.shape, *values.shape[1:])[:, steps]
+
+        inputs = slice(0, self.sequence_length)
+        return SequenceBatch(
+            mu=take("mu", slice(None)),
+            logvar=take("logvar", slice(None)),
+            actions=take("actions", inputs),
+            rewards=take("rewards", inputs),
+            dones=take("terminated", inputs).float(),
+            valid=torch.from_numpy(valid),
+        )
+
+
+def sample_latents(batch: SequenceBatch, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """z ~ N(mu, exp(logvar)) for every frame of the batch: (B, L+1, Z)."""
+    noise = torch.randn(batch.mu.shape, generator=generator, device=batch.mu.device, dtype=batch.mu.dtype)
+    return batch.mu + torch.exp(0.5 * batch.logvar) * noise
+
+
+def batch_loss(model: MDNRNN, batch: SequenceBatch, z: torch.Tensor, cfg: Config, device: torch.device) -> tuple[MDNOutput, dict[str, torch.Tensor]]:
+    """M's outputs and losses on a batch already on `device`, with sampled latents z (B, L+1, Z)."""
+    with autocast(device, cfg.mdnrnn.amp):
+        output, _ = model(z[:, :-1], batch.actions)
+    losses = mdnrnn_loss(
+        output, z[:, 1:], batch.valid[:, 1:], batch.rewards, batch.dones, batch.valid[:, :-1],
+        cfg.mdnrnn.reward_weight, cfg.mdnrnn.done_weight,
+    )
+    return output, losses
+
+
+def training_step(
+    model: MDNRNN,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: SequenceBatch,
+    cfg: Config,
+    device: torch.device,
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, torch.Tensor]:
+    """One Adam step (gradients clipped to `mdnrnn.grad_clip`) on a batch on `device`; detached losses."""
+    _, losses = batch_loss(model, batch, sample_latents(batch, generator), cfg, device)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total_loss"]).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), cfg.mdnrnn.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return {name: value.detach() for name, value in losses.items()}
+
+
+# ---------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def evaluate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Validation metrics over every step of the sampler's episodes (z sampled with a fixed seed, so
+    epochs compare). Squared errors are summed over latent dims and compared with the true mu_{t+1}:
+
+    prediction_error: |E[z_{t+1}] - mu_{t+1}|^2 for M's mixture mean; copy_baseline_error:
+    |mu_t - mu_{t+1}|^2, the error of predicting "nothing changes". mixture_entropy (nats) and
+    dominant_weight (largest pi) are averaged over latent dims; done precision/recall threshold the
+    done logit at 0.
+    """
+    model.eval()
+    generator = torch.Generator(device).manual_seed(cfg.experiment.seed)
+    episodes, starts = sampler.eval_windows()
+    sums: dict[str, float] = {}
+    counts = {"next": 0, "step": 0}
+    true_positive = predicted = actual = 0
+    for index in range(0, len(episodes), cfg.mdnrnn.batch_size):
+        window = slice(index, index + cfg.mdnrnn.batch_size)
+        batch = sampler.gather(episodes[window], starts[window]).to(device)
+        output, losses = batch_loss(model, batch, sample_latents(batch, generator), cfg, device)
+        next_mask, step_mask = batch.valid[:, 1:], batch.valid[:, :-1]
+        next_count, step_count = int(next_mask.sum()), int(step_mask.sum())
+        pi = output.log_pi.exp()
+        weighted = {
+            "nll": (losses["nll"], next_count),
+            "reward_loss": (losses["reward_loss"], step_count),
+            "done_loss": (losses["done_loss"], step_count),
+            "prediction_error": (masked_mean(((mixture_mean(output.log_pi, output.mu) - batch.mu[:, 1:]) ** 2).sum(-1), next_mask), next_count),
+            "copy_baseline_error": (masked_mean(((batch.mu[:, :-1] - batch.mu[:, 1:]) ** 2).sum(-1), next_mask), next_count),
+            "mixture_entropy": (masked_mean(-(pi * output.log_pi).sum(-2), step_mask), step_count),
+            "dominant_weight": (masked_mean(pi.amax(-2), step_mask), step_count),
+        }
+        for name, (mean, count) in weighted.items():
+            sums[name] = sums.get(name, 0.0) + mean.item() * count
+        counts["next"] += next_count
+        counts["step"] += step_count
+        done_predicted = (output.done_logit > 0) & step_mask
+        done_actual = (batch.dones > 0.5) & step_mask
+        true_positive += int((done_predicted & done_actual).sum())
+        predicted += int(done_predicted.sum())
+        actual += int(done_actual.sum())
+    model.train()
+    per_next = ("nll", "prediction_error", "copy_baseline_error")
+    metrics = {name: total / max(1, counts["next" if name in per_next else "step"]) for name, total in sums.items()}
+    metrics["total_loss"] = metrics["nll"] + cfg.mdnrnn.reward_weight * metrics["reward_loss"] + cfg.mdnrnn.done_weight * metrics["done_loss"]
+    metrics["done_precision"] = true_positive / predicted if predicted else 0.0
+    metrics["done_recall"] = true_positive / actual if actual else 0.0
+    return metrics
+
+
+@torch.no_grad()
+def prediction_image(
+    model: MDNRNN, vae: ConvVAE, sampler: SequenceSampler, frames: list[np.ndarray], cfg: Config, device: torch.device
+) -> Optional[torch.Tensor]:
+    """Per validation sequence (the first window of an episode, M fed the posterior means) three rows at
+    up to IMAGE_STEPS times t: the real frame x_{t+1}, V's decoding of the true mu_{t+1}, and V's
+    decoding of M's expected z_{t+1}. frames: each sequence's episode obs (T, 64, 64, 3).
+    Returns the image grid, or None when no episode has a second frame."""
+    model.eval()
+    episodes = sampler.episode_ids[: len(frames)]
+    batch = sampler.gather(episodes, np.zeros(len(episodes), dtype=np.int64)).to(device)
+    with autocast(device, cfg.mdnrnn.amp):
+        output, _ = model(batch.mu[:, :-1], batch.actions)
+    expected = mixture_mean(output.log_pi, output.mu)
+    rows = []
+    for sequence, obs in enumerate(frames):
+        predicted_steps = min(len(obs) - 1, sampler.sequence_length)  # steps t whose frame t+1 is stored
+        if predicted_steps < 1:
+            continue
+        steps = np.unique(np.linspace(0, predicted_steps - 1, IMAGE_STEPS).round().astype(np.int64))
+        real = frames_to_input(obs[steps + 1], device, channels_last=False)
+        true_decoded = vae.decode(batch.mu[sequence, torch.from_numpy(steps + 1).to(device)]).float()
+        predicted = vae.decode(expected[sequence, torch.from_numpy(steps).to(device)]).float()
+        rows += [real, true_decoded, predicted]
+    model.train()
+    if not rows:
+        return None
+    columns = max(len(row) for row in rows)
+    padded = [torch.cat([row, row.new_full((columns - len(row), *row.shape[1:]), 0.5)]) for row in rows]
+    return image_grid(torch.cat(padded), columns=columns)
+
+
+# --------------------------------------------------------------------------------- checkpoints
+def _load_mdnrnn_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
+    """Load an M checkpoint, refusing one of another env, latent size or architecture."""
+    checkpoint = load_checkpoint(path, "mdnrnn", env_id=cfg.env.env_id, map_location=device)
+    saved = checkpoint_config(checkpoint)
+    require_match("vae.latent_size", checkpoint["latent_size"], cfg.vae.latent_size, path)
+    require_match("mdnrnn.hidden_size", saved.mdnrnn.hidden_size, cfg.mdnrnn.hidden_size, path)
+    require_match("mdnrnn.num_mixtures", saved.mdnrnn.num_mixtures, cfg.mdnrnn.num_mixtures, path)
+    return checkpoint
+
+
+def load_mdnrnn(cfg: Config, device: Any, vae: Optional[ConvVAE] = None) -> MDNRNN:
+    """The trained M for `cfg`'s experiment, in eval mode on `device` (best weights if present, else last).
+
+    Fails with one line when there is no checkpoint, or it was trained on another env, latent size,
+    action size or architecture; given `vae`, also when M was trained on another V's latents.
+    """
+    device = torch.device(device)
+    path = best_checkpoint_path(cfg)
+    if not path.is_file():
+        path = checkpoint_path(cfg, "mdnrnn")
+    checkpoint = _load_mdnrnn_checkpoint(cfg, path, device)
+    require_match("action_size", checkpoint["action_size"], env_action_size(cfg), path)
+    if vae is not None and checkpoint["vae_fingerprint"] != vae_fingerprint(vae):
+        raise WorldModelsError(f"{path} was trained on the latents of another VAE; retrain it: python -m training.train_mdnrnn --env {cfg.env.env_id}")
+    model = MDNRNN(cfg.vae.latent_size, checkpoint["action_size"], cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def _check_mdnrnn_config(cfg: Config) -> None:
+    m = cfg.mdnrnn
+    for name in ("hidden_size", "num_mixtures", "sequence_length", "batch_size", "epochs", "encode_batch_size"):
+        if getattr(m, name) < 1:
+            raise WorldModelsError(f"mdnrnn.{name} must be >= 1, got {getattr(m, name)}")
+    if not m.learning_rate > 0 or not m.grad_clip > 0:
+        raise WorldModelsError(f"mdnrnn.learning_rate and mdnrnn.grad_clip must be > 0, got {m.learning_rate}, {m.grad_clip}")
+
+
+# ------------------------------------------------------------------------------------- training
+def train_mdnrnn(cfg: Config) -> Path:
+    """Train (or resume training) M on V's latents of `cfg`'s rollouts; returns `checkpoints/<experiment>/mdnrnn.pt`.
+
+    With `mdnrnn.train=false`, writes a seeded untrained M there instead (the paper's ablation).
+    """
+    _check_mdnrnn_config(cfg)
+    m = cfg.mdnrnn
+    device = resolve_device(cfg.experiment.device)
+    seed_everything(cfg.experiment.seed)
+    last_path, best_path = checkpoint_path(cfg, "mdnrnn"), best_checkpoint_path(cfg)
+    vae = load_vae(cfg, device)  # refuses a V of another env or latent size
+    fingerprint = vae_fingerprint(vae)
+    actions_width = env_action_size(cfg)
+    model = MDNRNN(cfg.vae.latent_size, actions_width, m.hidden_size, m.num_mixtures).to(device)
+    identity = dict(latent_size=cfg.vae.latent_size, action_size=actions_width, vae_fingerprint=fingerprint)
+
+    if not m.train:
+        best_path.unlink(missing_ok=True)  # else load_mdnrnn would serve an older trained M
+        save_checkpoint(last_path, "mdnrnn", cfg, model=model.state_dict(), epoch=0, global_step=0,
+                        best_val_loss=float("inf"), metrics={}, trained=False, **identity)
+        print(f"mdnrnn: mdnrnn.train=false: wrote an untrained M (seed {cfg.experiment.seed}) to {last_path}")
+        return last_path
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=m.learning_rate)
+    scaler = make_grad_scaler(device, m.amp)
+    start_epoch, global_step, best_val_loss = 0, 0, float("inf")
+    if last_path.is_file():
+        checkpoint = _load_mdnrnn_checkpoint(cfg, last_path, device)
+        require_match("action_size", checkpoint["action_size"], actions_width, last_path)
+        if checkpoint["vae_fingerprint"] != fingerprint or not checkpoint.get("trained", True):
+            print(f"mdnrnn: {last_path} belongs to another VAE or is untrained; training M from scratch")
+            best_path.unlink(missing_ok=True)
+        else:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["grad_scaler"])
+            start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+            best_val_loss = checkpoint["best_val_loss"]
+            if start_epoch >= m.epochs:
+                print(f"mdnrnn: all {m.epochs} epochs already done in {last_path}; nothing to train")
+                return last_path
+            print(f"mdnrnn: resuming from {last_path} at epoch {start_epoch + 1} of {m.epochs}")
+    for group in optimizer.param_groups:  # a learning rate changed with --set applies on resume too
+        group["lr"] = m.learning_rate
+
+    paths = require_episodes(cfg)
+    cache = load_or_encode_latents(cfg, vae, paths, device)
+    require_match("action_size (rollouts)", cache.actions.shape[1], actions_width, latent_cache_path(cfg))
+    index_of = {path: index for index, path in enumerate(paths)}
+    train_paths, val_paths = split_episodes(paths, m.val_fraction)
+    if not val_paths:
+        print("mdnrnn: note: no episodes held out (one episode, or mdnrnn.val_fraction=0); validating on the training episodes")
+        val_paths = train_paths
+    train_sampler = SequenceSampler(cache, np.array([index_of[p] for p in train_paths]), m.sequence_length)
+    val_sampler = SequenceSampler(cache, np.array([index_of[p] for p in val_paths]), m.sequence_length)
+    steps_per_epoch = max(1, int(train_sampler.windows_per_episode().sum()) // m.batch_size)
+    if m.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, m.max_steps_per_epoch)
+    image_frames = [load_episode(p, keys=("obs",))["obs"] for p in val_paths[:IMAGE_SEQUENCES]]
+    print(f"mdnrnn: {cfg.env.env_id} on {device}, {len(train_paths)} training episodes ({train_sampler.num_frames} frames, "
+          f"{steps_per_epoch} steps/epoch of {m.batch_size} x {m.sequence_length}), {len(val_paths)} validation episodes")
+
+    writer = make_writer(cfg, "mdnrnn")
+    png_path = experiment_dir(cfg, "logs") / "mdnrnn" / "predictions.png"
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, m.epochs):
+        # Seeded by epoch, so a resumed run draws the windows and latents an uninterrupted one would have.
+        rng = np.random.default_rng([cfg.experiment.seed, epoch])
+        generator = torch.Generator(device).manual_seed(cfg.experiment.seed * 100_003 + epoch)
+        episodes, starts = train_sampler.epoch_windows(rng)
+        sums = {name: torch.zeros((), device=device) for name in ("nll", "reward_loss", "done_loss", "total_loss")}
+        data_seconds, start = 0.0, time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"mdnrnn epoch {epoch + 1}/{m.epochs}", unit="step")
+        for step in range(steps_per_epoch):
+            data_start = time.perf_counter()
+            window = slice(step * m.batch_size, (step + 1) * m.batch_size)
+            batch = train_sampler.gather(episodes[window], starts[window]).to(device)
+            data_seconds += time.perf_counter() - data_start
+            losses = training_step(model, optimizer, scaler, batch, cfg, device, generator)
+            for name in sums:
+                sums[name] += losses[name]
+            global_step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                for name, value in losses.items():
+                    writer.add_scalar(f"mdnrnn/train/{name}", value.item(), global_step)
+                bar.set_postfix(nll=f"{losses['nll'].item():.3f}")
+        bar.close()
+        seconds = time.perf_counter() - start
+        sequences_per_second = steps_per_epoch * m.batch_size / seconds
+
+        val = evaluate(model, val_sampler, cfg, device)
+        metrics = {f"train_{name}": (value / steps_per_epoch).item() for name, value in sums.items()}
+        metrics.update({f"val_{name}": value for name, value in val.items()})
+        metrics.update(sequences_per_second=sequences_per_second, data_wait_share=data_seconds / seconds)
+        for name, value in val.items():
+            writer.add_scalar(f"mdnrnn/val/{name}", value, global_step)
+        writer.add_scalar("mdnrnn/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("mdnrnn/sequences_per_second", sequences_per_second, global_step)
+        writer.add_scalar("mdnrnn/data_wait_share", data_seconds / seconds, global_step)
+        grid = prediction_image(model, vae, val_sampler, image_frames, cfg, device)
+        if grid is not None:
+            writer.add_image("mdnrnn/val/predicted_frames", grid, epoch + 1)
+            save_png(grid, png_path)
+
+        improved = val["total_loss"] < best_val_loss
+        best_val_loss = min(best_val_loss, val["total_loss"])
+        payload = dict(
+            model=model.state_dict(), optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(),
+            epoch=epoch + 1, global_step=global_step, best_val_loss=best_val_loss, metrics=metrics, trained=True, **identity,
+        )
+        if improved:
+            save_checkpoint(best_path, "mdnrnn", cfg, **payload)
+        save_checkpoint(last_path, "mdnrnn", cfg, **payload)
+        print(f"mdnrnn: epoch {epoch + 1}/{m.epochs}  train nll {metrics['train_nll']:.3f}  val nll {val['nll']:.3f}  "
+              f"val prediction error {val['prediction_error']:.3f} (copy baseline {val['copy_baseline_error']:.3f})  "
+              f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f})  "
+              f"{sequences_per_second:.0f} seq/s{'  (best)' if improved else ''}")
+    writer.close()
+    print(f"mdnrnn: checkpoint {last_path}, best {best_path}, predicted frames in {png_path}")
+    return last_path
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    train_mdnrnn(config_from_args(args))
+
+
+if __name__ == "__main__":
+    run_cli(main)
