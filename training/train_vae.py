@@ -1,0 +1,366 @@
+"""Stage 2: train V, the ConvVAE, on the collected frames -> `checkpoints/<experiment>/vae.pt`.
+
+    python -m training.train_vae --env LunarLander-v3 --preset smoke
+
+Frames stream from the episode files (`FrameChunkLoader`), never the whole data set in RAM. Every epoch
+writes `vae.pt` (the resume point) and, when validation improves, `vae_best.pt` (what `load_vae` serves
+to the later stages). Re-running the same command after an interrupt continues at the next epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import Config
+from models.vae import RECON_LOSSES, ConvVAE, frames_to_input, vae_loss
+from training.train_utils import (
+    add_common_args,
+    autocast,
+    checkpoint_config,
+    checkpoint_path,
+    config_from_args,
+    experiment_dir,
+    load_checkpoint,
+    make_grad_scaler,
+    make_writer,
+    require_match,
+    resolve_device,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+)
+from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
+from utils.errors import WorldModelsError
+
+# A pixel counts as reconstructed when every channel is within this of the target (10 of 255 levels).
+PIXEL_TOLERANCE = 10 / 255
+# A latent dim is "active" when its posterior mean varies across the data (Burda et al. 2016).
+ACTIVE_UNIT_THRESHOLD = 0.01
+GRID_FRAMES = 8
+TRAVERSAL_DIMS = 8
+TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
+
+
+def best_checkpoint_path(cfg: Config) -> Path:
+    """`checkpoints/<experiment>/vae_best.pt`: the weights with the lowest validation loss."""
+    return experiment_dir(cfg, "checkpoints") / "vae_best.pt"
+
+
+def _load_vae_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
+    """Load a VAE checkpoint, refusing one of another env, latent size or architecture."""
+    checkpoint = load_checkpoint(path, "vae", env_id=cfg.env.env_id, map_location=device)
+    saved = checkpoint_config(checkpoint).vae
+    require_match("vae.latent_size", saved.latent_size, cfg.vae.latent_size, path)
+    require_match("vae.batch_norm", saved.batch_norm, cfg.vae.batch_norm, path)
+    return checkpoint
+
+
+def load_vae(cfg: Config, device: Any) -> ConvVAE:
+    """The trained V for `cfg`'s experiment, in eval mode on `device` (best weights if present, else last).
+
+    Fails with one line when there is no checkpoint, or it was trained on another env or latent size.
+    """
+    device = torch.device(device)
+    path = best_checkpoint_path(cfg)
+    if not path.is_file():
+        path = checkpoint_path(cfg, "vae")
+    checkpoint = _load_vae_checkpoint(cfg, path, device)
+    model = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
+    model.load_state_dict(checkpoint["model"])
+    if cfg.vae.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device).eval()
+
+
+def training_step(
+    model: ConvVAE,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    frames_uint8: np.ndarray,
+    beta: float,
+    cfg: Config,
+    device: torch.device,
+    precision: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
+) -> dict[str, torch.Tensor]:
+    """One Adam step on a (B, 64, 64, 3) uint8 batch; returns the detached losses (no host sync).
+
+    `precision` makes the forward pass's mixed-precision context (default: `train_utils.autocast`
+    per `cfg.vae.amp`); the benchmark passes CPU bf16 autocast through it.
+    """
+    frames = torch.from_numpy(frames_uint8)
+    if device.type == "cuda":
+        frames = frames.pin_memory()
+    x = frames_to_input(frames, device, cfg.vae.channels_last)
+    with precision() if precision else autocast(device, cfg.vae.amp):
+        recon_logits, mu, logvar = model(x)
+    # The loss sums 12,288 pixels per frame: it stays in fp32 whatever the forward pass ran in.
+    losses = vae_loss(recon_logits, x, mu, logvar, beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {name: value.detach() for name, value in losses.items()}
+
+
+def annealed_beta(cfg: Config, fractional_epoch: float) -> float:
+    """beta rises linearly from 0 to `vae.beta` over `vae.beta_warmup_epochs` (then stays)."""
+    if cfg.vae.beta_warmup_epochs <= 0:
+        return cfg.vae.beta
+    return cfg.vae.beta * min(1.0, fractional_epoch / cfg.vae.beta_warmup_epochs)
+
+
+@torch.no_grad()
+def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Validation metrics over every frame of `loader`, decoding the posterior mean (deterministic).
+
+    Losses use the target `vae.beta` (not the annealed one), so epochs compare and the best checkpoint
+    is not simply the one trained with the smallest beta. Returns floats plus per-dim statistics:
+    `latent_mean`, `latent_mu_variance`, `latent_std` (each (latent_size,) numpy).
+    """
+    model.eval()
+    sums = {"total": 0.0, "recon": 0.0, "kl": 0.0}
+    frames_seen, pixels_within = 0, 0
+    mu_sum = mu_sq_sum = std_sum = torch.zeros(cfg.vae.latent_size, dtype=torch.float64, device=device)
+    for frames_uint8 in loader:
+        frames = torch.from_numpy(frames_uint8)
+        x = frames_to_input(frames.pin_memory() if device.type == "cuda" else frames, device, cfg.vae.channels_last)
+        with autocast(device, cfg.vae.amp):
+            recon_logits, mu, logvar = model(x, sample=False)
+        losses = vae_loss(recon_logits, x, mu, logvar, cfg.vae.beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance)
+        batch = len(frames_uint8)
+        for name in sums:
+            sums[name] += losses[name].item() * batch
+        error = (torch.sigmoid(recon_logits.float()) - x).abs().amax(dim=1)
+        pixels_within += int((error <= PIXEL_TOLERANCE).sum())
+        mu64 = mu.double()
+        mu_sum = mu_sum + mu64.sum(0)
+        mu_sq_sum = mu_sq_sum + mu64.pow(2).sum(0)
+        std_sum = std_sum + torch.exp(0.5 * logvar.double()).sum(0)
+        frames_seen += batch
+    model.train()
+    mean = mu_sum / frames_seen
+    variance = (mu_sq_sum / frames_seen - mean.pow(2)).clamp(min=0)
+    return {
+        **{f"{name}_loss": value / frames_seen for name, value in sums.items()},
+        "pixel_accuracy": pixels_within / (frames_seen * x.shape[2] * x.shape[3]),
+        "active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
+        "latent_mean": mean.cpu().numpy(),
+        "latent_mu_variance": variance.cpu().numpy(),
+        "latent_std": (std_sum / frames_seen).cpu().numpy(),
+    }
+
+
+def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """images: (N, 3, H, W) in [0, 1] -> (3, rows*(H+2)+2, columns*(W+2)+2) with 2-pixel grey borders."""
+    count, channels, height, width = images.shape
+    rows = -(-count // columns)
+    grid = torch.full((channels, rows * (height + 2) + 2, columns * (width + 2) + 2), 0.5)
+    for index, image in enumerate(images.float().cpu()):
+        top, left = 2 + (index // columns) * (height + 2), 2 + (index % columns) * (width + 2)
+        grid[:, top : top + height, left : left + width] = image
+    return grid
+
+
+def save_png(grid: torch.Tensor, path: Path, scale: int = 4) -> Path:
+    """Write a (3, H, W) [0, 1] image as a PNG, upscaled `scale`x (nearest) so 64x64 frames are visible."""
+    from PIL import Image
+
+    pixels = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@torch.no_grad()
+def reconstruction_grid(model: ConvVAE, frames_uint8: np.ndarray, cfg: Config, device: torch.device) -> torch.Tensor:
+    """frames_uint8: (N, 64, 64, 3) -> a grid of the frames (top row) above their reconstructions."""
+    model.eval()
+    x = frames_to_input(frames_uint8, device, cfg.vae.channels_last)
+    recon = model.decode(model.encode(x)[0]).float()
+    model.train()
+    return image_grid(torch.cat([x, recon]), columns=len(frames_uint8))
+
+
+@torch.no_grad()
+def latent_traversal(
+    model: ConvVAE, frame_uint8: np.ndarray, latent_variance: np.ndarray, cfg: Config, device: torch.device
+) -> torch.Tensor:
+    """Decode one frame's mean code with each of the highest-variance dims set to -3 .. +3 in turn.
+
+    frame_uint8: (64, 64, 3); latent_variance: (latent_size,). Row = one dim, column = one value.
+    """
+    model.eval()
+    mu, _ = model.encode(frames_to_input(frame_uint8[None], device, cfg.vae.channels_last))
+    dims = np.argsort(latent_variance)[::-1][:TRAVERSAL_DIMS]
+    codes = mu.repeat(len(dims) * len(TRAVERSAL_VALUES), 1)
+    for row, dim in enumerate(dims):
+        for column, value in enumerate(TRAVERSAL_VALUES):
+            codes[row * len(TRAVERSAL_VALUES) + column, dim] = float(value)
+    images = model.decode(codes).float()
+    model.train()
+    return image_grid(images, columns=len(TRAVERSAL_VALUES))
+
+
+def sample_frames(paths: list[Path], count: int) -> np.ndarray:
+    """(count, 64, 64, 3) uint8 frames spread evenly over the first `count` episodes of `paths`.
+
+    Consecutive frames look alike; frames from different episodes and times show what V has learnt.
+    """
+    chosen = paths[:count]
+    picked = []
+    for index, path in enumerate(chosen):
+        obs = load_episode(path, keys=("obs",))["obs"]
+        share = count // len(chosen) + (index < count % len(chosen))
+        picked.append(obs[((np.arange(share) + 0.5) / share * len(obs)).astype(int)])
+    return np.concatenate(picked)
+
+
+def _count_frames(paths: list[Path]) -> int:
+    # The rewards array has one entry per frame and is tiny: reading it avoids loading any frames.
+    return sum(len(load_episode(path, keys=("rewards",))["rewards"]) for path in paths)
+
+
+def _check_vae_config(cfg: Config) -> None:
+    v = cfg.vae
+    if v.recon_loss not in RECON_LOSSES:
+        raise WorldModelsError(f"unknown vae.recon_loss {v.recon_loss!r}; valid: {', '.join(RECON_LOSSES)}")
+    for name in ("epochs", "batch_size", "latent_size", "episodes_per_chunk"):
+        if getattr(v, name) < 1:
+            raise WorldModelsError(f"vae.{name} must be >= 1, got {getattr(v, name)}")
+    if not v.learning_rate > 0:
+        raise WorldModelsError(f"vae.learning_rate must be > 0, got {v.learning_rate}")
+    if v.beta < 0 or v.kl_tolerance < 0 or v.beta_warmup_epochs < 0:
+        raise WorldModelsError("vae.beta, vae.kl_tolerance and vae.beta_warmup_epochs must be >= 0")
+
+
+def train_vae(cfg: Config) -> Path:
+    """Train (or resume training) V on `cfg`'s rollouts; returns `checkpoints/<experiment>/vae.pt`."""
+    _check_vae_config(cfg)
+    v = cfg.vae
+    device = resolve_device(cfg.experiment.device)
+    seed_everything(cfg.experiment.seed)
+    last_path, best_path = checkpoint_path(cfg, "vae"), best_checkpoint_path(cfg)
+
+    model = ConvVAE(v.latent_size, v.batch_norm)
+    if v.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=v.learning_rate)
+    scaler = make_grad_scaler(device, v.amp)
+    start_epoch, global_step, best_val_loss = 0, 0, float("inf")
+    if last_path.is_file():
+        checkpoint = _load_vae_checkpoint(cfg, last_path, device)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["grad_scaler"])
+        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        best_val_loss = checkpoint["best_val_loss"]
+        if start_epoch >= v.epochs:
+            print(f"vae: all {v.epochs} epochs already done in {last_path}; nothing to train")
+            return last_path
+        print(f"vae: resuming from {last_path} at epoch {start_epoch + 1} of {v.epochs}")
+    # A learning rate changed with --set applies on resume too.
+    for group in optimizer.param_groups:
+        group["lr"] = v.learning_rate
+
+    train_paths, val_paths = split_episodes(require_episodes(cfg), v.val_fraction)
+    if not val_paths:
+        print("vae: note: no episodes held out (one episode, or vae.val_fraction=0); validating on the training frames")
+        val_paths = train_paths
+    train_frames = _count_frames(train_paths)
+    steps_per_epoch = train_frames // v.batch_size
+    if v.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, v.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise WorldModelsError(
+            f"only {train_frames} training frames, fewer than vae.batch_size={v.batch_size}; "
+            "collect more rollouts or lower vae.batch_size"
+        )
+    val_loader = FrameChunkLoader(val_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed, shuffle=False, drop_last=False)
+    grid_frames = sample_frames(val_paths, GRID_FRAMES)
+    print(f"vae: {cfg.env.env_id} on {device}, {len(train_paths)} training episodes ({train_frames} frames, "
+          f"{steps_per_epoch} steps/epoch), {len(val_paths)} validation episodes; {v.recon_loss} loss, beta {v.beta}")
+
+    writer = make_writer(cfg, "vae")
+    png_dir = experiment_dir(cfg, "logs") / "vae"
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, v.epochs):
+        # Seeded by epoch, so a resumed run sees the batches an uninterrupted one would have.
+        train_loader = FrameChunkLoader(train_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed * 100_003 + epoch)
+        sums = {"total": torch.zeros((), device=device), "recon": torch.zeros((), device=device), "kl": torch.zeros((), device=device)}
+        start = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"vae epoch {epoch + 1}/{v.epochs}", unit="step")
+        for step, frames_uint8 in enumerate(train_loader):
+            if step >= steps_per_epoch:
+                break
+            beta = annealed_beta(cfg, epoch + step / steps_per_epoch)
+            losses = training_step(model, optimizer, scaler, frames_uint8, beta, cfg, device)
+            for name in sums:
+                sums[name] += losses[name]
+            global_step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                writer.add_scalar("vae/beta", beta, global_step)
+                for name, value in losses.items():
+                    writer.add_scalar(f"vae/train/{name}_loss", value.item(), global_step)
+                bar.set_postfix(loss=f"{losses['total'].item():.1f}", beta=f"{beta:.2f}")
+        bar.close()
+        images_per_second = steps_per_epoch * v.batch_size / (time.perf_counter() - start)
+
+        val = evaluate(model, val_loader, cfg, device)
+        metrics = {f"train_{name}_loss": (value / steps_per_epoch).item() for name, value in sums.items()}
+        metrics.update({f"val_{key}": value for key, value in val.items() if not isinstance(value, np.ndarray)})
+        metrics["images_per_second"] = images_per_second
+        for name in ("total", "recon", "kl"):
+            writer.add_scalar(f"vae/val/{name}_loss", val[f"{name}_loss"], global_step)
+        writer.add_scalar("vae/val/pixel_accuracy", val["pixel_accuracy"], global_step)
+        writer.add_scalar("vae/val/active_units", val["active_units"], global_step)
+        writer.add_histogram("vae/val/latent_mean", val["latent_mean"], global_step)
+        writer.add_histogram("vae/val/latent_mu_variance", val["latent_mu_variance"], global_step)
+        writer.add_histogram("vae/val/latent_std", val["latent_std"], global_step)
+        writer.add_scalar("vae/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("vae/images_per_second", images_per_second, global_step)
+        grid = reconstruction_grid(model, grid_frames, cfg, device)
+        writer.add_image("vae/val/reconstructions", grid, epoch + 1)
+        save_png(grid, png_dir / "reconstructions.png")
+
+        improved = val["total_loss"] < best_val_loss
+        best_val_loss = min(best_val_loss, val["total_loss"])
+        payload = dict(
+            model=model.state_dict(), optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(),
+            epoch=epoch + 1, global_step=global_step, best_val_loss=best_val_loss, metrics=metrics,
+        )
+        if improved:
+            save_checkpoint(best_path, "vae", cfg, **payload)
+        save_checkpoint(last_path, "vae", cfg, **payload)
+        print(f"vae: epoch {epoch + 1}/{v.epochs}  train loss {metrics['train_total_loss']:.1f}  "
+              f"val loss {val['total_loss']:.1f} (recon {val['recon_loss']:.1f}, kl {val['kl_loss']:.1f})  "
+              f"pixel acc {val['pixel_accuracy']:.3f}  active units {val['active_units']}/{v.latent_size}  "
+              f"{images_per_second:.0f} img/s{'  (best)' if improved else ''}")
+
+    traversal = latent_traversal(model, grid_frames[0], val["latent_mu_variance"], cfg, device)
+    writer.add_image("vae/val/latent_traversal", traversal, global_step)
+    save_png(traversal, png_dir / "latent_traversal.png")
+    writer.close()
+    print(f"vae: checkpoint {last_path}, best {best_path}, images in {png_dir}")
+    return last_path
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    train_vae(config_from_args(args))
+
+
+if __name__ == "__main__":
+    run_cli(main)
