@@ -145,12 +145,13 @@ class PPOConfig:
     target_kl: float = 0.0  # 0 = no early stop on KL
     normalize_observation: bool = False  # running mean/std of vector observations
     normalize_reward: bool = False  # scale rewards by a running std of the discounted return
-    frame_skip: int = 4  # Atari: max-and-skip (the env is made with frameskip=1); CarRacing: action repeat
+    frame_skip: int = 4  # Atari: max-and-skip (the env is made with frameskip=1); other pixel envs: action repeat
     frame_stack: int = 4
     frame_size: int = 84
     grayscale: bool = True
     checkpoint_every: int = 50  # iterations between checkpoints
-    vector_env: str = "auto"  # auto | sync | async (auto: async worker processes for pixel envs only)
+    vector_env: str = "auto"  # auto | sync | async (auto: async worker processes for pixel envs on >= 4 cores)
+    torch_threads: int = 0  # CPU threads for the network; 0 = 1 for state obs (a 64-unit MLP only loses to thread sync), torch's default for pixels
 
 
 @dataclass
