@@ -196,7 +196,8 @@ def test_learns_a_deterministic_latent_rule_far_better_than_copying():
             training_step(model, optimizer, scaler, train.gather(episodes[index : index + 16], starts[index : index + 16]), cfg, device)
     after = evaluate(model, val, cfg, device)
     assert after["nll"] < before["nll"] - 2.0
-    assert after["prediction_error"] < 0.1 * after["copy_baseline_error"]
+    # z ~ N(mu, e^-10) is mu here, so both baselines are "nothing changes"; M must have learnt the rule.
+    assert after["prediction_error"] < 0.1 * min(after["copy_baseline_error"], after["copy_mean_baseline_error"])
 
 
 def test_windows_cover_every_step_and_mask_padding():

@@ -52,7 +52,6 @@ from utils.data import FrameChunkLoader, load_episode, require_episodes, rollout
 from utils.environment import action_size, make_env, parse_env_kwargs
 from utils.errors import WorldModelsError
 
-CACHE_KEYS = ("mu", "logvar", "actions", "rewards", "terminated", "offsets", "episode_names")
 IMAGE_SEQUENCES = 4  # validation sequences shown in the predicted-frames image
 IMAGE_STEPS = 8  # time steps per sequence in that image
 
@@ -169,7 +168,7 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
             stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
             if not stale:
                 print(f"mdnrnn: latent cache {path} is up to date")
-                return LatentCache(*(archive[key] for key in CACHE_KEYS))
+                return LatentCache(*(archive[key] for key in LatentCache._fields))
         print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
     cache = encode_rollouts(vae, paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last, cfg.vae.episodes_per_chunk)
     with atomic_path(path) as tmp_path:
@@ -307,13 +306,15 @@ def training_step(
 # ---------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def evaluate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Validation metrics over every step of the sampler's episodes (z sampled with a fixed seed, so
-    epochs compare). Squared errors are summed over latent dims and compared with the true mu_{t+1}:
+    """Validation metrics over every step of the sampler's episodes, M fed z sampled as in training
+    (with a fixed seed, so epochs compare). Squared errors are summed over latent dims and measured
+    against the true posterior mean mu_{t+1}:
 
     prediction_error: |E[z_{t+1}] - mu_{t+1}|^2 for M's mixture mean; copy_baseline_error:
-    |mu_t - mu_{t+1}|^2, the error of predicting "nothing changes". mixture_entropy (nats) and
-    dominant_weight (largest pi) are averaged over latent dims; done precision/recall threshold the
-    done logit at 0.
+    |z_t - mu_{t+1}|^2, "copy the last z", the baseline that sees what M sees; copy_mean_baseline_error:
+    |mu_t - mu_{t+1}|^2, copying the noise-free mean M never sees (how much the latent state moves per
+    step). mixture_entropy (nats) and dominant_weight (largest pi) are averaged over latent dims; done
+    precision/recall threshold the done logit at 0.
     """
     model.eval()
     generator = torch.Generator(device).manual_seed(cfg.experiment.seed)
@@ -324,7 +325,8 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch
     for index in range(0, len(episodes), cfg.mdnrnn.batch_size):
         window = slice(index, index + cfg.mdnrnn.batch_size)
         batch = sampler.gather(episodes[window], starts[window]).to(device)
-        output, losses = batch_loss(model, batch, sample_latents(batch, generator), cfg, device)
+        z = sample_latents(batch, generator)
+        output, losses = batch_loss(model, batch, z, cfg, device)
         next_mask, step_mask = batch.valid[:, 1:], batch.valid[:, :-1]
         next_count, step_count = int(next_mask.sum()), int(step_mask.sum())
         pi = output.log_pi.exp()
@@ -333,7 +335,8 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch
             "reward_loss": (losses["reward_loss"], step_count),
             "done_loss": (losses["done_loss"], step_count),
             "prediction_error": (masked_mean(((mixture_mean(output.log_pi, output.mu) - batch.mu[:, 1:]) ** 2).sum(-1), next_mask), next_count),
-            "copy_baseline_error": (masked_mean(((batch.mu[:, :-1] - batch.mu[:, 1:]) ** 2).sum(-1), next_mask), next_count),
+            "copy_baseline_error": (masked_mean(((z[:, :-1] - batch.mu[:, 1:]) ** 2).sum(-1), next_mask), next_count),
+            "copy_mean_baseline_error": (masked_mean(((batch.mu[:, :-1] - batch.mu[:, 1:]) ** 2).sum(-1), next_mask), next_count),
             "mixture_entropy": (masked_mean(-(pi * output.log_pi).sum(-2), step_mask), step_count),
             "dominant_weight": (masked_mean(pi.amax(-2), step_mask), step_count),
         }
@@ -347,7 +350,7 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch
         predicted += int(done_predicted.sum())
         actual += int(done_actual.sum())
     model.train()
-    per_next = ("nll", "prediction_error", "copy_baseline_error")
+    per_next = ("nll", "prediction_error", "copy_baseline_error", "copy_mean_baseline_error")
     metrics = {name: total / max(1, counts["next" if name in per_next else "step"]) for name, total in sums.items()}
     metrics["total_loss"] = metrics["nll"] + cfg.mdnrnn.reward_weight * metrics["reward_loss"] + cfg.mdnrnn.done_weight * metrics["done_loss"]
     metrics["done_precision"] = true_positive / predicted if predicted else 0.0
@@ -542,7 +545,7 @@ def train_mdnrnn(cfg: Config) -> Path:
             save_checkpoint(best_path, "mdnrnn", cfg, **payload)
         save_checkpoint(last_path, "mdnrnn", cfg, **payload)
         print(f"mdnrnn: epoch {epoch + 1}/{m.epochs}  train nll {metrics['train_nll']:.3f}  val nll {val['nll']:.3f}  "
-              f"val prediction error {val['prediction_error']:.3f} (copy baseline {val['copy_baseline_error']:.3f})  "
+              f"val prediction error {val['prediction_error']:.3f} (copy z {val['copy_baseline_error']:.3f}, copy mu {val['copy_mean_baseline_error']:.3f})  "
               f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f})  "
               f"{sequences_per_second:.0f} seq/s{'  (best)' if improved else ''}")
     writer.close()
