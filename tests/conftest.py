@@ -33,3 +33,17 @@ def smoke_config(tmp_path):
         return isolate(get_config(env_id, preset="smoke", overrides=overrides), tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_lunar(tmp_path_factory):
+    """Root folder of a LunarLander experiment trained by the smoke presets: train.py's whole World
+    Models pipeline, then the PPO baseline. Shared by the tests that need trained agents."""
+    from train import run_pipeline
+    from training.ppo_baseline import train_ppo
+
+    root = tmp_path_factory.mktemp("lunar")
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=60"]), root)
+    run_pipeline(cfg)
+    train_ppo(cfg)
+    return root

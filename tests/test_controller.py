@@ -88,13 +88,9 @@ def test_batched_population_evaluation_equals_one_candidate_at_a_time(smoke_conf
     assert len(set(np.round(batched, 3))) > 1, "different candidates/seeds should play differently"
 
 
-@pytest.fixture(scope="module")
-def lunar_models(tmp_path_factory):
-    """V and M trained by train.py's smoke pipeline on LunarLander (controller stage skipped here)."""
-    root = tmp_path_factory.mktemp("lunar")
-    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=60"]), root)
-    run_pipeline(cfg, force=frozenset(), skip=frozenset())
-    return root
+@pytest.fixture
+def lunar_models(trained_lunar):
+    return trained_lunar
 
 
 def _controller_config(root, generations):
@@ -120,14 +116,15 @@ def test_smoke_pipeline_leaves_loadable_checkpoints_and_an_agent(lunar_models):
 
 @pytest.mark.slow
 def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tmp_path):
-    interrupted = _controller_config(lunar_models, 1)
+    # Stopped after generation 2 (an evaluation generation with eval_every=2, as in an uninterrupted run).
+    interrupted = _controller_config(lunar_models, 2)
     interrupted.experiment.checkpoint_dir = str(tmp_path / "interrupted")
     for stage in ("vae", "vae_best", "mdnrnn", "mdnrnn_best"):  # share V and M
         source = checkpoint_path(_controller_config(lunar_models, 1), stage)
         target = checkpoint_path(interrupted, stage)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
-    train_controller(interrupted)  # "killed" after generation 1
+    train_controller(interrupted)
     interrupted.controller.generations = 3
     train_controller(interrupted)
     resumed = load_controller_checkpoint(interrupted)

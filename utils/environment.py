@@ -21,6 +21,8 @@ from utils.errors import WorldModelsError
 
 # pygame (Box2D rendering) looks for a display unless told there is none.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# SDL otherwise catches SIGTERM in every process that renders, and worker pools could not stop them.
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
 

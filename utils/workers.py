@@ -38,5 +38,12 @@ def parallel_map(
     # forkserver/spawn would re-import torch in each worker (seconds); fork is safe here because
     # workers are started before any thread of ours exists.
     context = mp.get_context("fork")
-    with context.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+    pool = context.Pool(workers, initializer=initializer, initargs=initargs)
+    try:
         yield from pool.imap_unordered(function, items, chunksize=1)
+        pool.close()  # workers exit on their own once the queue is drained
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()

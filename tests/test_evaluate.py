@@ -1,0 +1,78 @@
+"""evaluate.py: statistics, reproducibility, outputs, and the compare path end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from config import get_config
+from evaluate import difference_of_means, evaluate, summarize
+from tests.conftest import isolate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_statistics_equal_a_hand_computation():
+    returns = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    s = summarize("x", returns, np.array([5, 5, 5, 5, 10]), 1.0, "-")
+    std = math.sqrt(((returns - 4.0) ** 2).sum() / 4)  # 3.5355...
+    half = 2.7764451051977987 * std / math.sqrt(5)  # t(0.975, 4)
+    assert (s.mean, s.median, s.min, s.max, s.mean_length) == (4.0, 3.0, 1.0, 10.0, 6.0)
+    assert s.std == pytest.approx(std) and s.ci95_low == pytest.approx(4 - half) and s.ci95_high == pytest.approx(4 + half)
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0, 8.0])
+    difference, low, high = difference_of_means(a, b)
+    va, vb = 1.0 / 3, (20.0 / 3) / 4
+    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    assert difference == -3.0 and low == pytest.approx(-3 - half) and high == pytest.approx(-3 + half)
+
+
+def test_same_seeds_give_the_same_returns_and_outputs_agree(tmp_path, capsys):
+    cfg = isolate(get_config("CartPole-v1", overrides=["env.max_episode_steps=100"]), tmp_path)
+    first = evaluate(cfg, "random", episodes=6, workers=2)
+    second = evaluate(cfg, "random", episodes=6, workers=1)
+    assert [r["return"] for r in first["rows"]] == [r["return"] for r in second["rows"]]
+    assert len({r["return"] for r in first["rows"]}) > 1
+    table = capsys.readouterr().out
+    folder = tmp_path / "results" / "cartpole-v1"
+    summary = json.loads((folder / "eval_random.json").read_text())["summaries"][0]
+    with open(folder / "eval_random_episodes.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and summary["episodes"] == 6
+    assert np.mean([float(r["return"]) for r in rows]) == pytest.approx(summary["mean"])
+    assert f"{summary['mean']:.1f} ± {summary['std']:.1f}" in table
+
+
+def test_compare_with_a_missing_method_names_the_training_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--env", "LunarLander-v3", "--method", "compare",
+                             "--episodes", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: no controller checkpoint at checkpoints/lunarlander-v3/controller.pt; "
+                                     "train it first: python train.py --env LunarLander-v3")
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys):
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke"), trained_lunar)
+    result = evaluate(cfg, "compare", episodes=3, workers=2, video=True)
+    out = capsys.readouterr().out
+    assert [s.method for s in result["summaries"]] == ["world_models", "ppo", "random"]
+    assert "world_models - ppo:" in out and "95% CI" in out
+    results = trained_lunar / "results" / "lunarlander-v3"
+    for name in ("compare_returns.png", "compare_training_curves.png"):
+        assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    videos = sorted(p.name for p in (trained_lunar / "videos" / "lunarlander-v3").glob("eval_*.mp4"))
+    assert len(videos) == 7  # best + worst for 3 methods, and the world-model views
+    data = json.loads((results / "eval_compare.json").read_text())
+    assert data["world_models_minus_ppo"]["ci95_low"] <= data["world_models_minus_ppo"]["difference"]
