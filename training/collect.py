@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from tqdm import tqdm
 
 from config import Config

@@ -13,7 +13,6 @@ Every `eval_every` generations the distribution mean and the generation's best c
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -26,9 +25,8 @@ from config import Config
 from models.agent import WorldModelAgent, WorldModelPolicy
 from models.controller import CMAES, Controller
 from training.train_mdnrnn import load_mdnrnn
-from training.train_utils import (add_common_args, checkpoint_path, config_from_args, episode_seeds, experiment_dir,
-                                  load_checkpoint, make_writer, require_match, resolve_device, run_cli, save_checkpoint,
-                                  seed_everything)
+from training.train_utils import (checkpoint_path, episode_seeds, experiment_dir, load_checkpoint, make_writer,
+                                  require_match, resolve_device, run_cli, run_stage, save_checkpoint, seed_everything)
 from training.train_vae import load_vae
 from utils.env_pool import EnvPool
 from utils.environment import action_size, make_frame_env, resolve_env_id
@@ -209,9 +207,7 @@ def train_controller(cfg: Config) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser)
-    train_controller(config_from_args(parser.parse_args(argv)))
+    run_stage(train_controller, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

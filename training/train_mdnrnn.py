@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 from pathlib import Path
@@ -31,12 +30,10 @@ from config import Config
 from models.mdnrnn import MDNOutput, MDNRNN, masked_mean, mdnrnn_loss, mixture_mean
 from models.vae import ConvVAE, frames_to_input
 from training.train_utils import (
-    add_common_args,
     atomic_path,
     autocast,
     checkpoint_config,
     checkpoint_path,
-    config_from_args,
     experiment_dir,
     load_checkpoint,
     make_grad_scaler,
@@ -44,11 +41,12 @@ from training.train_utils import (
     require_match,
     resolve_device,
     run_cli,
+    run_stage,
     save_checkpoint,
     seed_everything,
 )
 from training.train_vae import image_grid, load_vae, save_png
-from utils.data import FrameChunkLoader, load_episode, require_episodes, rollout_dir, split_episodes
+from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
 from utils.environment import action_size, make_env, parse_env_kwargs
 from utils.errors import WorldModelsError
 
@@ -554,10 +552,7 @@ def train_mdnrnn(cfg: Config) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    train_mdnrnn(config_from_args(args))
+    run_stage(train_mdnrnn, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

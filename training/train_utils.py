@@ -56,6 +56,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def run_stage(stage: Callable[[Config], Any], description: str, argv: Optional[list[str]] = None) -> Any:
+    """The command line of a stage script: the common flags, then `stage(config)`."""
+    parser = argparse.ArgumentParser(description=description)
+    add_common_args(parser)
+    return stage(config_from_args(parser.parse_args(argv)))
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a CLI entry point: a WorldModelsError becomes one line on stderr and exit code 2."""
     try:

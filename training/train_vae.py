@@ -9,7 +9,6 @@ to the later stages). Re-running the same command after an interrupt continues a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from pathlib import Path
@@ -22,11 +21,9 @@ from tqdm import tqdm
 from config import Config
 from models.vae import RECON_LOSSES, ConvVAE, frames_to_input, vae_loss
 from training.train_utils import (
-    add_common_args,
     autocast,
     checkpoint_config,
     checkpoint_path,
-    config_from_args,
     experiment_dir,
     load_checkpoint,
     make_grad_scaler,
@@ -34,6 +31,7 @@ from training.train_utils import (
     require_match,
     resolve_device,
     run_cli,
+    run_stage,
     save_checkpoint,
     seed_everything,
 )
@@ -356,10 +354,7 @@ def train_vae(cfg: Config) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    train_vae(config_from_args(args))
+    run_stage(train_vae, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":
