@@ -53,6 +53,7 @@ from training.train_utils import (
     checkpoint_config,
     checkpoint_path,
     config_from_args,
+    episode_seeds,
     load_checkpoint,
     make_writer,
     require_match,
@@ -66,8 +67,6 @@ from utils.errors import WorldModelsError
 
 OBSERVATIONS = ("auto", "state", "pixels")
 VECTOR_ENVS = ("auto", "sync", "async")
-# Evaluation episodes are seeded from here on, far from the training envs' seeds.
-EVAL_SEED_BASE = 1_000_000_000
 # torch's own choice, before any run narrows it for a state env.
 DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
@@ -456,7 +455,7 @@ def train_ppo(cfg: Config) -> Path:
           + (f"; resuming at step {global_step}" if global_step else ""))
     recent_returns: deque[float] = deque(maxlen=20)
     # A resumed run restarts its episodes; fresh seeds keep it from replaying the first run's ones.
-    next_obs_raw, _ = envs.reset(seed=cfg.experiment.seed + iteration * ppo.num_envs)
+    next_obs_raw, _ = envs.reset(seed=int(episode_seeds(cfg, "ppo", iteration * ppo.num_envs % 10**6, 1)[0]))
     next_obs = policy.preprocess(_torch_obs(next_obs_raw, device), update_stats=True)
     start_time, start_step = time.perf_counter(), global_step
     metrics: dict[str, float] = {}
@@ -597,12 +596,12 @@ class PPOAgent:
 
 
 def evaluate_ppo(cfg: Config, episodes: int, device: Union[str, torch.device] = "cpu") -> np.ndarray:
-    """Returns `(episodes,)` of the deterministic agent on `make_ppo_eval_env`, each episode seeded
-    `EVAL_SEED_BASE + seed * episodes + i` so the numbers are reproducible."""
+    """Returns `(episodes,)` of the deterministic agent on `make_ppo_eval_env`, on the same seeded
+    episodes as `evaluate.py` (disjoint from every training seed)."""
     agent = PPOAgent.from_checkpoint(cfg, device)
     env = make_ppo_eval_env(agent.config)
-    base = EVAL_SEED_BASE + cfg.experiment.seed * episodes
-    returns = [run_episode(env, agent, base + i, record=False).total_reward for i in range(episodes)]
+    seeds = episode_seeds(cfg, "evaluate", 0, episodes)
+    returns = [run_episode(env, agent, int(seed), record=False).total_reward for seed in seeds]
     env.close()
     return np.asarray(returns, dtype=np.float64)
 
