@@ -102,3 +102,15 @@ def test_visualize_writes_a_video(smoke_config):
     videos = list(Path(cfg.experiment.video_dir).glob("*/collect_ep_000000.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
     assert rollout_dir(cfg).name == "rollouts"
+
+
+def test_collect_random_rollouts_is_the_seed_readme_entry_point(tmp_path):
+    from utils.environment import collect_random_rollouts
+    from utils.errors import WorldModelsError
+
+    folder = collect_random_rollouts("CartPole-v1", num_rollouts=3, visualize=True, workers=1, data_dir=tmp_path / "data",
+                                     log_dir=tmp_path / "logs", video_dir=tmp_path / "videos", max_episode_steps=20)
+    assert len(list_episodes(folder)) == 3 and folder == tmp_path / "data" / "cartpole-v1" / "rollouts"
+    assert list((tmp_path / "videos").glob("*/collect_ep_000000.mp4"))
+    with pytest.raises(WorldModelsError, match="unknown option 'worker'; valid: .*workers"):
+        collect_random_rollouts("CartPole-v1", num_rollouts=1, worker=2)
