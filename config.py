@@ -366,7 +366,12 @@ def _locate(cfg: Config, key: str) -> tuple[Any, Any]:
     parts = key.split(".")
     keys = valid_keys(cfg)
     if len(parts) != 2 or key not in keys:
-        raise WorldModelsError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+        sections = [f.name for f in dataclasses.fields(cfg)]
+        if parts[0] in sections:  # a known section: list its fields, not all ninety keys
+            keys = [k for k in keys if k.startswith(parts[0] + ".")]
+            raise WorldModelsError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+        raise WorldModelsError(f"unknown config key {key!r}; keys are section.field with section one of "
+                               f"{', '.join(sections)}, e.g. vae.beta")
     section = getattr(cfg, parts[0])
     hints = typing.get_type_hints(type(section))
     return section, hints[parts[1]]

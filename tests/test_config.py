@@ -93,3 +93,8 @@ def test_config_round_trips_through_a_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "vae.pt", "vae", cfg, epoch=3)
     loaded = load_checkpoint(path, "vae", "CarRacing-v3")
     assert checkpoint_config(loaded) == cfg and loaded["epoch"] == 3
+
+
+def test_unknown_section_lists_the_sections():
+    with pytest.raises(WorldModelsError, match="unknown config key 'vea.beta'; keys are section.field with section one of env, collect"):
+        get_config("LunarLander-v3", overrides=["vea.beta=2"])
