@@ -145,12 +145,17 @@ def sample_next_z(
     log_sigma: torch.Tensor,
     temperature: float,
     generator: Optional[torch.Generator] = None,
+    noise: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Draw z_{t+1} (..., Z) from the mixtures (..., K, Z) at temperature tau (paper section 4.4).
 
     As in the paper's code, tau divides the mixture logits (log_pi / tau, renormalised) and scales each
     sigma by sqrt(tau): tau > 1 makes the dream more uncertain, tau -> 0 deterministic. At tau = 0 the
     result is exactly the mean of each dimension's most likely component.
+
+    `noise` = (uniform (..., K, Z) in [0, 1), standard normal (..., Z)) replaces the draws from
+    `generator`: a batched dream passes each row the numbers that row would get alone, which makes
+    batched and one-at-a-time rollouts exactly comparable.
     """
     if temperature < 0:
         raise WorldModelsError(f"temperature must be >= 0, got {temperature}")
@@ -159,13 +164,21 @@ def sample_next_z(
         return mu.gather(-2, component).squeeze(-2)
     logits = log_pi / temperature
     # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample, for every (…, Z) at once.
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    if noise is None:
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    else:
+        uniform = noise[0]
     gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
-    component = (logits + gumbel).argmax(dim=-2, keepdim=True)
+    # max(...).indices, not argmax: the same first-maximum index, and on CPU argmax over a non-last
+    # dimension is ~10x slower, which made it the dream's most expensive step.
+    component = (logits + gumbel).max(dim=-2, keepdim=True).indices
     chosen_mu = mu.gather(-2, component).squeeze(-2)
     chosen_sigma = log_sigma.gather(-2, component).squeeze(-2).exp()
-    noise = torch.randn(chosen_mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return chosen_mu + chosen_sigma * math.sqrt(temperature) * noise
+    if noise is None:
+        normal = torch.randn(chosen_mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    else:
+        normal = noise[1]
+    return chosen_mu + chosen_sigma * math.sqrt(temperature) * normal
 
 
 def mdnrnn_loss(

@@ -9,6 +9,13 @@ the envs live in worker processes, and V, M and every candidate's C run as one b
 Every `eval_every` generations the distribution mean and the generation's best candidate are scored on
 `eval_episodes` fresh episodes; that score, not the noisy fitness, decides which parameters are kept
 (paper, section 4.3). The CMA-ES state is checkpointed each generation, so a run resumes where it stopped.
+
+`controller.mode=dream` takes the fitness from M instead (paper, section 4.4; `training/dream.py`): every
+candidate x rollout is one row of a batched tensor rollout inside M at temperature `controller.temperature`,
+started from real episodes' first latents. The kept-best decision still plays the real environment, so
+TensorBoard shows `controller/dream_fitness_*` next to `controller/eval_score_*`: a dream fitness that
+climbs while the real score does not is M being exploited. Every `video_every` generations the dream of
+the generation's best candidate is decoded by V into `videos/<experiment>/dream_genNNNN.mp4`.
 """
 
 from __future__ import annotations
@@ -24,16 +31,19 @@ from tqdm import tqdm
 from config import Config
 from models.agent import WorldModelAgent, WorldModelPolicy
 from models.controller import CMAES, Controller
-from training.train_mdnrnn import load_mdnrnn
+from training.dream import decode_latents, dream_generator, dream_rollouts, episode_start_latents, sample_start_latents
+from training.train_mdnrnn import load_mdnrnn, load_or_encode_latents
 from training.train_utils import (checkpoint_path, episode_seeds, experiment_dir, load_checkpoint, make_writer,
                                   require_match, resolve_device, run_cli, run_stage, save_checkpoint, seed_everything)
 from training.train_vae import load_vae
+from utils.data import require_episodes
 from utils.env_pool import EnvPool
 from utils.environment import action_size, make_frame_env, resolve_env_id
 from utils.errors import WorldModelsError
 from utils.video import add_video, upscale, write_mp4
 
 INPUT_MODES = ("zh", "z")
+MODES = ("real", "dream")
 
 
 def controller_input_size(cfg: Config) -> int:
@@ -110,8 +120,8 @@ def load_world_model_agent(cfg: Config, device: Any = "auto") -> WorldModelAgent
 def train_controller(cfg: Config) -> Path:
     """Run CMA-ES for `cfg.controller.generations` generations (resuming if a checkpoint exists)."""
     c = cfg.controller
-    if c.mode != "real":
-        raise WorldModelsError(f"controller.mode={c.mode!r} is not available yet; valid: real")
+    if c.mode not in MODES:
+        raise WorldModelsError(f"unknown controller.mode {c.mode!r}; valid: {', '.join(MODES)}")
     if c.population_size < 2 or c.rollouts_per_candidate < 1 or c.generations < 1:
         raise WorldModelsError("controller needs population_size >= 2, rollouts_per_candidate >= 1, generations >= 1")
     cfg.env.env_id = resolve_env_id(cfg.env.env_id)
@@ -139,10 +149,18 @@ def train_controller(cfg: Config) -> Path:
         print(f"controller: resuming at generation {start_generation} (best score so far {best_score:.1f})")
 
     rollouts = c.rollouts_per_candidate
+    dream = c.mode == "dream"
+    if dream:  # the dream starts from V's posteriors of the real episodes' first frames
+        cache = load_or_encode_latents(cfg, policy.vae, require_episodes(cfg), device)
+        start_mu, start_logvar = episode_start_latents(cache.mu, cache.logvar, cache.offsets, device)
+        del cache  # every frame's latents can be hundreds of MB; the dream keeps the first frames' only
     writer = make_writer(cfg, "controller")
-    pool = EnvPool(cfg.env, max(c.population_size * rollouts, 2 * c.eval_episodes), c.workers)
-    print(f"controller: CMA-ES on {num_params} parameters, population {c.population_size} x {rollouts} rollouts, "
-          f"{pool.num_envs} envs over {pool.workers} worker(s), device {device}")
+    # In the dream the envs serve the re-evaluation only.
+    pool = EnvPool(cfg.env, max(0 if dream else c.population_size * rollouts, 2 * c.eval_episodes), c.workers)
+    print(f"controller: CMA-ES on {num_params} parameters, population {c.population_size} x {rollouts} rollouts "
+          f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} envs over {pool.workers} worker(s), "
+          f"device {device}")
+    fitness_tag = "controller/dream_fitness" if dream else "controller/fitness"
     last_eval: dict[str, float] = {}
     try:
         bar = tqdm(range(start_generation, c.generations), initial=start_generation, total=c.generations,
@@ -150,21 +168,31 @@ def train_controller(cfg: Config) -> Path:
         for generation in bar:
             started = time.perf_counter()
             solutions = es.ask()
-            seeds = np.tile(episode_seeds(cfg, "controller", generation * rollouts % 10**6, rollouts), c.population_size)
-            returns, lengths, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), seeds)
+            if dream:
+                # The same start latents for every candidate, as the real envs share seeds: equal terms.
+                generator = dream_generator(cfg.experiment.seed, "fitness", generation, device)
+                start_z = sample_start_latents(start_mu, start_logvar, rollouts, generator).repeat(c.population_size, 1)
+                params = torch.as_tensor(np.repeat(solutions, rollouts, axis=0), dtype=torch.float32, device=device)
+                returns, lengths, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, action_space,
+                                                     c.temperature, c.dream_max_steps, generator, c.inputs,
+                                                     c.sample_actions)
+            else:
+                seeds = np.tile(episode_seeds(cfg, "controller", generation * rollouts % 10**6, rollouts), c.population_size)
+                returns, lengths, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), seeds)
             fitness = returns.reshape(c.population_size, rollouts).mean(axis=1)
             es.tell(fitness)
             elapsed = time.perf_counter() - started
             step = generation + 1
-            writer.add_scalar("controller/fitness_mean", fitness.mean(), step)
-            writer.add_scalar("controller/fitness_std", fitness.std(), step)
-            writer.add_scalar("controller/fitness_best", fitness.max(), step)
-            writer.add_scalar("controller/fitness_worst", fitness.min(), step)
+            writer.add_scalar(f"{fitness_tag}_mean", fitness.mean(), step)
+            writer.add_scalar(f"{fitness_tag}_std", fitness.std(), step)
+            writer.add_scalar(f"{fitness_tag}_best", fitness.max(), step)
+            writer.add_scalar(f"{fitness_tag}_worst", fitness.min(), step)
             writer.add_scalar("controller/sigma", es.sigma, step)
             writer.add_scalar("controller/episode_length_mean", lengths.mean(), step)
             writer.add_scalar("controller/episode_length_max", lengths.max(), step)
             writer.add_scalar("controller/generation_seconds", elapsed, step)
-            writer.add_scalar("controller/env_steps_per_second", lengths.sum() / elapsed, step)
+            writer.add_scalar("controller/dream_steps_per_second" if dream else "controller/env_steps_per_second",
+                              lengths.sum() / elapsed, step)
 
             if step % c.eval_every == 0 or step == c.generations:
                 # Score the mean and the generation's best on fresh episodes; the better one competes for "best".
@@ -197,6 +225,17 @@ def train_controller(cfg: Config) -> Path:
                                             record_first=True)
                 add_video(writer, "controller/best_candidate", frames[:: max(1, len(frames) // 300)], step)
                 write_mp4(upscale(frames, 4), experiment_dir(cfg, "videos") / f"controller_gen{step:04d}.mp4")
+            if dream and c.video_every and (step % c.video_every == 0 or step == c.generations):
+                # What M imagines for the generation's best candidate (by dream fitness), drawn by V.
+                generator = dream_generator(cfg.experiment.seed, "video", generation, device)
+                best = torch.as_tensor(solutions[int(np.argmax(fitness))], dtype=torch.float32, device=device)[None]
+                result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, best,
+                                        sample_start_latents(start_mu, start_logvar, 1, generator), action_space,
+                                        c.temperature, c.dream_max_steps, generator, c.inputs, c.sample_actions,
+                                        record_first=True)
+                frames = decode_latents(policy.vae, result.first_latents)
+                add_video(writer, "controller/dream_best_candidate", frames[:: max(1, len(frames) // 300)], step)
+                write_mp4(upscale(frames, 4), experiment_dir(cfg, "videos") / f"dream_gen{step:04d}.mp4")
             bar.set_postfix(fitness=f"{fitness.mean():.1f}/{fitness.max():.1f}", best=f"{best_score:.1f}",
                             sigma=f"{es.sigma:.3f}")
     finally:

@@ -1,0 +1,159 @@
+"""The dream: controllers play inside M instead of the environment (Ha & Schmidhuber 2018, section 4.4).
+
+A dream episode starts from a latent z_0 of a real frame and then never sees a frame again. Per step t:
+
+    a_t = C([z_t, h_t])                                 (or C(z_t) with controller.inputs=z)
+    log_pi, mu, log_sigma, r_t, done_logit, h_{t+1} = M(z_t, a_t, h_t)
+    z_{t+1} ~ mixture(log_pi, mu, log_sigma) at temperature tau       (`sample_next_z`)
+    done_t  ~ Bernoulli(sigmoid(done_logit))
+
+and the episode ends on done_t or after `max_steps` steps; its return is the sum of M's predicted r_t.
+
+Choices, and why:
+* Start latents are the first frames of the collected episodes, z_0 ~ N(mu, sigma^2) of V's posterior
+  (as the paper's code seeds its dream with `initial_z`): the dream starts where real episodes start,
+  so its returns are comparable with the real ones, and the posterior sample adds the variety a single
+  mean would not.
+* done is sampled, not thresholded at 0.5: M's done head estimates a per-step termination probability,
+  and for a LunarLander M that puts 1-5% on a crash step a 0.5 threshold would never end an episode;
+  sampling keeps the expected episode length M learned.
+* Every step draws its random numbers for all E episodes at once (`draw_step_noise`), finished or not,
+  and row e only ever uses row e of them. Episode e's rollout therefore depends on its own parameters,
+  start latent and noise rows only: batched and one-at-a-time rollouts agree exactly (tests/test_dream.py),
+  and the same seed gives the same fitness however many episodes have finished.
+* Finished episodes are dropped from the batch (their rows are compacted away), so a population whose
+  episodes end early costs less than `max_steps` full-batch steps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from models.controller import outputs_to_actions, population_forward
+from models.mdnrnn import MDNRNN, sample_next_z
+from models.vae import ConvVAE
+from utils.errors import WorldModelsError
+
+# Independent random streams of the dream, one per use, so e.g. recording a video never shifts fitness.
+DREAM_PURPOSES = {"fitness": 0, "video": 1}
+
+
+class StepNoise(NamedTuple):
+    """The random numbers of one dream step for E episodes."""
+
+    component_uniform: torch.Tensor  # (E, K, Z) in [0, 1): Gumbel-max choice of each dimension's component
+    normal: torch.Tensor  # (E, Z) standard normal: the Gaussian draw within the chosen component
+    done_uniform: torch.Tensor  # (E,) in [0, 1): done_t = done_uniform < sigmoid(done_logit)
+
+
+class DreamResult(NamedTuple):
+    """returns (E,) float64, lengths (E,) int64, and episode 0's latents z_0..z_{T-1} (T, Z) or None."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    first_latents: Optional[torch.Tensor]
+
+
+def dream_generator(seed: int, purpose: str, generation: int, device: torch.device | str) -> torch.Generator:
+    """A torch generator on `device` that depends on (seed, purpose, generation) only: a resumed run draws
+    the dream an uninterrupted one would have, so fitness is a pure function of those three."""
+    state = np.random.SeedSequence([seed, DREAM_PURPOSES[purpose], generation]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
+
+
+def draw_step_noise(generator: torch.Generator, num_episodes: int, num_mixtures: int, latent_size: int,
+                    device: torch.device | str) -> StepNoise:
+    """One step's random numbers for `num_episodes` episodes, drawn in a fixed order from `generator`."""
+    options = dict(generator=generator, device=device)
+    return StepNoise(
+        component_uniform=torch.rand((num_episodes, num_mixtures, latent_size), **options),
+        normal=torch.randn((num_episodes, latent_size), **options),
+        done_uniform=torch.rand((num_episodes,), **options),
+    )
+
+
+def episode_start_latents(mu: np.ndarray, logvar: np.ndarray, offsets: np.ndarray,
+                          device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """V's posterior of each episode's first frame, from a latent cache's mu, logvar (N, Z) and
+    offsets (S + 1,): (start_mu, start_logvar), each (S, Z) float32 on `device`."""
+    if len(offsets) < 2:
+        raise WorldModelsError("the latent cache holds no episodes; the dream needs real start frames")
+    rows = np.asarray(offsets[:-1], dtype=np.int64)
+    return (torch.as_tensor(mu[rows], dtype=torch.float32, device=device),
+            torch.as_tensor(logvar[rows], dtype=torch.float32, device=device))
+
+
+def sample_start_latents(start_mu: torch.Tensor, start_logvar: torch.Tensor, count: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """`count` start latents (count, Z): a uniformly chosen episode start each, z ~ N(mu, exp(logvar))."""
+    device = start_mu.device
+    index = torch.randint(len(start_mu), (count,), generator=generator, device=device)
+    noise = torch.randn((count, start_mu.shape[1]), generator=generator, device=device)
+    return start_mu[index] + torch.exp(0.5 * start_logvar[index]) * noise
+
+
+@torch.no_grad()
+def dream_rollouts(
+    mdnrnn: MDNRNN,
+    layer_shapes: Sequence[tuple[int, int]],
+    params: torch.Tensor,
+    start_z: torch.Tensor,
+    action_space: gym.Space,
+    temperature: float,
+    max_steps: int,
+    generator: torch.Generator,
+    inputs: str = "zh",
+    sample_actions: bool = False,
+    record_first: bool = False,
+) -> DreamResult:
+    """Play episode e with controller parameters params[e] from start_z[e] inside M, all E episodes as one
+    batch per step. params: (E, N) float32 and start_z: (E, Z) float32, both on M's device.
+
+    `sample_actions` draws discrete actions from the softmax (with `generator`); that draw depends on the
+    batch, so the batched == one-at-a-time guarantee holds for deterministic actions only.
+    """
+    if params.shape[0] != start_z.shape[0] or start_z.shape[1] != mdnrnn.latent_size:
+        raise WorldModelsError(f"dream_rollouts needs params (E, N) and start_z (E, {mdnrnn.latent_size}), "
+                               f"got {tuple(params.shape)} and {tuple(start_z.shape)}")
+    if max_steps < 1:
+        raise WorldModelsError(f"controller.dream_max_steps must be >= 1, got {max_steps}")
+    total, device = params.shape[0], params.device
+    returns = torch.zeros(total, dtype=torch.float64, device=device)
+    lengths = torch.zeros(total, dtype=torch.int64, device=device)
+    active = torch.arange(total, device=device)  # the episodes still running, in the order of the batch rows
+    z, hidden, active_params = start_z.float(), mdnrnn.initial_state(total, device), params
+    recorded: list[torch.Tensor] = []
+    for _ in range(max_steps):
+        noise = draw_step_noise(generator, total, mdnrnn.num_mixtures, mdnrnn.latent_size, device)
+        if record_first and active[0] == 0:
+            recorded.append(z[0])
+        controller_input = torch.cat([z, hidden[0][0]], dim=-1) if inputs == "zh" else z
+        outputs = population_forward(layer_shapes, active_params, controller_input)
+        actions = outputs_to_actions(outputs, action_space, sample_actions, generator)
+        log_pi, mu, log_sigma, reward, done_logit, hidden = mdnrnn.step(z, actions, hidden)
+        returns[active] += reward.double()
+        lengths[active] += 1
+        z = sample_next_z(log_pi, mu, log_sigma, temperature,
+                          noise=(noise.component_uniform[active], noise.normal[active]))
+        running = noise.done_uniform[active] >= torch.sigmoid(done_logit)
+        if not bool(running.all()):
+            active, z, active_params = active[running], z[running], active_params[running]
+            hidden = (hidden[0][:, running], hidden[1][:, running])
+            if active.numel() == 0:
+                break
+    first = torch.stack(recorded) if recorded else None
+    return DreamResult(returns.cpu().numpy(), lengths.cpu().numpy(), first)
+
+
+@torch.no_grad()
+def decode_latents(vae: ConvVAE, latents: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """What V draws for latents (T, Z): frames (T, 64, 64, 3) uint8, decoded `batch_size` at a time."""
+    frames = []
+    for start in range(0, len(latents), batch_size):
+        images = vae.decode(latents[start : start + batch_size].float()).float()
+        frames.append((images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy())
+    return np.concatenate(frames)
