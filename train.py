@@ -18,26 +18,20 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from config import Config
+from training.collect import collect
+from training.train_controller import train_controller
+from training.train_mdnrnn import train_mdnrnn
 from training.train_utils import add_common_args, checkpoint_path, config_from_args, load_checkpoint, run_cli
+from training.train_vae import train_vae
 from utils.data import require_episodes, rollout_dir
 from utils.environment import resolve_env_id
 
 STAGES = ("collect", "vae", "mdnrnn", "controller")
 
 
-def _stage_function(stage: str) -> Callable[[Config], Path]:
-    # Imported on demand so `--help` and bad-input errors come back fast.
-    if stage == "collect":
-        from training.collect import collect
-        return collect
-    if stage == "vae":
-        from training.train_vae import train_vae
-        return train_vae
-    if stage == "mdnrnn":
-        from training.train_mdnrnn import train_mdnrnn
-        return train_mdnrnn
-    from training.train_controller import train_controller
-    return train_controller
+STAGE_FUNCTIONS: dict[str, Callable[[Config], Path]] = {
+    "collect": collect, "vae": train_vae, "mdnrnn": train_mdnrnn, "controller": train_controller,
+}
 
 
 def _stage_artifacts(cfg: Config, stage: str) -> list[Path]:
@@ -74,7 +68,7 @@ def run_pipeline(cfg: Config, skip: frozenset[str] = frozenset(), force: frozens
                     artifact.unlink()
         print(f"== {stage}")
         started = time.perf_counter()
-        outputs[stage] = _stage_function(stage)(cfg)
+        outputs[stage] = STAGE_FUNCTIONS[stage](cfg)
         print(f"== {stage}: done in {time.perf_counter() - started:.0f} s")
     return outputs
 

@@ -62,6 +62,7 @@ def main() -> None:
     params = np.random.default_rng(0).normal(0, 0.1, (population, controller.num_parameters)).astype(np.float32)
     seeds = np.arange(rollouts) + 1000
 
+    single_threads = torch.get_num_threads()
     start = time.perf_counter()
     single = [run_episode(env, WorldModelAgent(policy, params[p]), int(seed), record=False)
               for p in range(population) for seed in seeds]
@@ -69,6 +70,8 @@ def main() -> None:
     single_returns = np.array([episode.total_reward for episode in single])
 
     with EnvPool(cfg.env, population * rollouts, args.workers) as pool:
+        if pool.workers > 1:
+            torch.set_num_threads(1)  # as stage 4 does: the env workers need the cores
         start = time.perf_counter()
         batched_returns, lengths, _ = run_episodes(policy, pool, np.repeat(params, rollouts, axis=0), np.tile(seeds, population))
         batched_seconds = time.perf_counter() - start
@@ -78,7 +81,7 @@ def main() -> None:
     same = np.allclose(batched_returns, single_returns, rtol=1e-5)
 
     print(f"\n{args.env}: population {population} x {rollouts} rollouts, {steps} env steps per generation, "
-          f"{workers} env worker(s), torch threads {torch.get_num_threads()}")
+          f"{workers} env worker(s); torch threads {single_threads} one at a time, {torch.get_num_threads()} batched")
     print(f"{'evaluator':28s} {'generation s':>13s} {'env steps/s':>12s}")
     print(f"{'one candidate at a time':28s} {single_seconds:13.1f} {steps / single_seconds:12.0f}")
     print(f"{'batched (stage 4)':28s} {batched_seconds:13.1f} {steps / batched_seconds:12.0f}")

@@ -71,6 +71,10 @@ def run_episodes(policy: WorldModelPolicy, pool: EnvPool, params: np.ndarray, se
 
     params: (E, N); seeds: (E,). Returns returns (E,) float64, lengths (E,) int64, and the frames of
     episode 0 (T, 64, 64, 3) uint8 when `record_first`. E may exceed the pool: it runs in chunks.
+
+    The episodes are grouped by the env worker they live in, and the groups are pipelined: while one
+    worker steps its envs, V, M and C run (batched) for another group, so neither the model nor the
+    envs wait for the other. Every episode's computation is its own, so grouping changes no result.
     """
     total = len(seeds)
     returns, lengths = np.zeros(total), np.zeros(total, np.int64)
@@ -80,20 +84,31 @@ def run_episodes(policy: WorldModelPolicy, pool: EnvPool, params: np.ndarray, se
         count = min(pool.num_envs, total - start)
         frames = pool.reset(range(count), seeds[start : start + count])
         hidden = policy.initial_state(count)
-        alive = np.ones(count, bool)
-        while alive.any():
-            active = np.flatnonzero(alive)
-            active_tensor = torch.as_tensor(active, device=policy.device)
-            if record_first and start == 0 and alive[0]:
+
+        def act_and_send(worker: int, slots: np.ndarray) -> None:
+            if record_first and start == 0 and slots[0] == 0:
                 recorded.append(frames[0])
-            state = (hidden[0][:, active_tensor], hidden[1][:, active_tensor])
-            step = policy.act(frames[active], params_tensor[start + active_tensor], state)
-            hidden[0][:, active_tensor], hidden[1][:, active_tensor] = step.hidden
-            new_frames, rewards, terminated, truncated = pool.step(active, step.env_actions)
-            frames[active] = new_frames
-            returns[start + active] += rewards
-            lengths[start + active] += 1
-            alive[active[terminated | truncated]] = False
+            rows = torch.as_tensor(slots, device=policy.device)
+            step = policy.act(frames[slots], params_tensor[start + rows], (hidden[0][:, rows], hidden[1][:, rows]))
+            hidden[0][:, rows], hidden[1][:, rows] = step.hidden
+            pool.step_async(worker, slots, step.env_actions)
+
+        slots_all = np.arange(count)
+        owners = pool.worker_of(slots_all)
+        running = {w: slots_all[owners == w] for w in range(pool.workers) if (owners == w).any()}
+        for worker, slots in running.items():
+            act_and_send(worker, slots)
+        while running:
+            for worker in list(running):
+                slots = running.pop(worker)
+                new_frames, rewards, terminated, truncated = pool.step_wait(worker)
+                frames[slots] = new_frames
+                returns[start + slots] += rewards
+                lengths[start + slots] += 1
+                still_running = slots[~(terminated | truncated)]
+                if len(still_running):
+                    act_and_send(worker, still_running)
+                    running[worker] = still_running
     return returns, lengths, (np.stack(recorded) if recorded else None)
 
 
@@ -157,6 +172,10 @@ def train_controller(cfg: Config) -> Path:
     writer = make_writer(cfg, "controller")
     # In the dream the envs serve the re-evaluation only.
     pool = EnvPool(cfg.env, max(0 if dream else c.population_size * rollouts, 2 * c.eval_episodes), c.workers)
+    if pool.workers > 1 and not dream:
+        # The env workers need the cores while V, M and C run: extra OpenMP threads would spin against
+        # them (benchmarks/controller.py: a generation takes 9.4 s with one torch thread, 10.7 s with two).
+        torch.set_num_threads(1)
     print(f"controller: CMA-ES on {num_params} parameters, population {c.population_size} x {rollouts} rollouts "
           f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} envs over {pool.workers} worker(s), "
           f"device {device}")

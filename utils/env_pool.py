@@ -4,7 +4,9 @@ Gymnasium's vector envs step every sub-env on every call and reset them automati
 evaluation needs the opposite: each slot plays exactly one seeded episode and then stops, and only the
 slots still running are stepped. `EnvPool` does that. Slot i lives in worker i % workers; a call sends
 each worker its slots' actions at once and then gathers, so the workers step in parallel while the
-caller waits (model inference for all slots then runs batched in the caller).
+caller waits (model inference for all slots then runs batched in the caller). `step_async` /
+`step_wait` address one worker at a time, so a caller can compute one worker's next actions while
+the other workers step.
 """
 
 from __future__ import annotations
@@ -116,6 +118,26 @@ class EnvPool:
         if self.local is not None:
             return self.local.step(slots, actions)
         return tuple(self._call("step", slots, list(actions)))
+
+    def worker_of(self, slots: np.ndarray) -> np.ndarray:
+        """The worker each slot lives in."""
+        return np.asarray(slots) % self.workers
+
+    def step_async(self, worker: int, slots: Sequence[int], actions: Sequence[Any]) -> None:
+        """Start stepping `slots`, which must all live in `worker`; collect with `step_wait(worker)`."""
+        if self.local is not None:
+            self._local_result = self.local.step(slots, actions)
+            return
+        self.connections[worker].send(("step", (list(map(int, slots)), list(actions))))
+
+    def step_wait(self, worker: int) -> tuple[np.ndarray, ...]:
+        """frames, rewards, terminated, truncated of the slots sent by the last `step_async(worker)`."""
+        if self.local is not None:
+            return self._local_result
+        status, result = self.connections[worker].recv()
+        if status == "error":
+            raise RuntimeError(f"env worker {worker} failed: {result}")
+        return result
 
     def close(self) -> None:
         if self.local is not None:
