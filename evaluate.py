@@ -252,7 +252,9 @@ def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], fol
     plt.close(figure)
 
     logs = experiment_dir(cfg, "logs")
-    controller = read_scalars(logs / "controller", ["controller/fitness_mean", "controller/fitness_best", "controller/best_score"])
+    controller = read_scalars(logs / "controller", ["controller/fitness_mean", "controller/fitness_best",
+                                                    "controller/dream_fitness_mean", "controller/dream_fitness_best",
+                                                    "controller/best_score"])
     ppo = read_scalars(logs / "ppo", ["charts/episodic_return"])
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for tag, (steps, values) in controller.items():
