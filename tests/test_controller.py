@@ -149,3 +149,14 @@ def test_skipped_stage_without_its_output_names_the_command(smoke_config, tmp_pa
     with pytest.raises(WorldModelsError, match="no vae checkpoint .* python -m training.train_vae --env LunarLander-v3"):
         run_pipeline(cfg, skip=frozenset({"vae"}))
     assert not (tmp_path / "data").exists(), "nothing runs when a skipped stage's output is missing"
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_runs_on_pong_and_leaves_loadable_checkpoints(tmp_path):
+    cfg = isolate(get_config("ALE/Pong-v5", preset="smoke", overrides=["env.max_episode_steps=60"]), tmp_path)
+    outputs = run_pipeline(cfg)
+    assert set(outputs) == {"collect", "vae", "mdnrnn", "controller"}
+    for stage in ("vae", "mdnrnn", "controller"):
+        assert load_checkpoint(checkpoint_path(cfg, stage), stage, "ALE/Pong-v5")["stage"] == stage
+    agent = load_world_model_agent(cfg, "cpu")
+    assert agent.act(np.zeros((64, 64, 3), np.uint8)) in range(6)
