@@ -43,6 +43,7 @@ from training.train_utils import (
     run_cli,
     run_stage,
     save_checkpoint,
+    save_epoch_checkpoints,
     seed_everything,
 )
 from training.train_vae import image_grid, load_vae, save_png
@@ -539,9 +540,7 @@ def train_mdnrnn(cfg: Config) -> Path:
             model=model.state_dict(), optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(),
             epoch=epoch + 1, global_step=global_step, best_val_loss=best_val_loss, metrics=metrics, trained=True, **identity,
         )
-        if improved:
-            save_checkpoint(best_path, "mdnrnn", cfg, **payload)
-        save_checkpoint(last_path, "mdnrnn", cfg, **payload)
+        save_epoch_checkpoints(last_path, best_path, improved, "mdnrnn", cfg, **payload)
         print(f"mdnrnn: epoch {epoch + 1}/{m.epochs}  train nll {metrics['train_nll']:.3f}  val nll {val['nll']:.3f}  "
               f"val prediction error {val['prediction_error']:.3f} (copy z {val['copy_baseline_error']:.3f}, copy mu {val['copy_mean_baseline_error']:.3f})  "
               f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f})  "

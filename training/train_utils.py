@@ -208,6 +208,14 @@ def save_checkpoint(path: Path, stage: str, cfg: Config, **payload: Any) -> Path
     return Path(path)
 
 
+def save_epoch_checkpoints(last_path: Path, best_path: Path, improved: bool, stage: str, cfg: Config,
+                           **payload: Any) -> None:
+    """End of an epoch: always the last checkpoint (for resume), and the best one when validation improved."""
+    if improved:
+        save_checkpoint(best_path, stage, cfg, **payload)
+    save_checkpoint(last_path, stage, cfg, **payload)
+
+
 def load_checkpoint(
     path: Path, stage: str, env_id: Optional[str] = None, map_location: Any = "cpu"
 ) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from training.train_utils import (
     resolve_device,
     run_cli,
     run_stage,
-    save_checkpoint,
+    save_epoch_checkpoints,
     seed_everything,
 )
 from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
@@ -337,9 +337,7 @@ def train_vae(cfg: Config) -> Path:
             model=model.state_dict(), optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(),
             epoch=epoch + 1, global_step=global_step, best_val_loss=best_val_loss, metrics=metrics,
         )
-        if improved:
-            save_checkpoint(best_path, "vae", cfg, **payload)
-        save_checkpoint(last_path, "vae", cfg, **payload)
+        save_epoch_checkpoints(last_path, best_path, improved, "vae", cfg, **payload)
         print(f"vae: epoch {epoch + 1}/{v.epochs}  train loss {metrics['train_total_loss']:.1f}  "
               f"val loss {val['total_loss']:.1f} (recon {val['recon_loss']:.1f}, kl {val['kl_loss']:.1f})  "
               f"pixel acc {val['pixel_accuracy']:.3f}  active units {val['active_units']}/{v.latent_size}  "
