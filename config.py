@@ -52,15 +52,21 @@ class EnvConfig:
 
 @dataclass
 class CollectConfig:
-    """Stage 1: random rollouts on disk."""
+    """Stage 1: rollouts on disk, played by a random policy or by a trained World Models agent."""
 
     num_rollouts: int = 1000
     workers: int = 0  # 0 = one worker process per CPU core
-    policy: str = "uniform"  # uniform | repeat | random_walk (smoother exploration, paper section 3)
+    # uniform | repeat | random_walk (smoother exploration, paper section 3) | controller (the trained agent
+    # of `controller_experiment`, with `exploration` noise: the paper's iterative procedure)
+    policy: str = "uniform"
     repeat_min: int = 1  # `repeat`: each sampled action is held for U[repeat_min, repeat_max] steps
     repeat_max: int = 8
     walk_sigma: float = 0.3  # `random_walk`: std of the Gaussian step of the continuous action walk
     compress: bool = False  # zlib-compressed .npz: ~10x smaller on disk, slower to write and read
+    controller_experiment: str = ""  # policy=controller: the experiment whose V, M and C play
+    exploration: float = 0.1  # policy=controller: epsilon (discrete) or Gaussian std in half-ranges (Box)
+    seed_offset: int = 0  # episode i is played from the seed of index seed_offset + i (new data, new seeds)
+    extra_rollouts: tuple[str, ...] = ()  # more rollout folders V and M train on (the iterative union)
 
 
 @dataclass
@@ -166,6 +172,10 @@ class ExperimentConfig:
     log_dir: str = "logs"
     video_dir: str = "videos"
     results_dir: str = "results"
+    # Where rollout collection, population evaluation and parallel evaluation run their workers:
+    # "" = local processes | "local" = a Ray instance started on this machine | "auto" = the Ray cluster
+    # that `ray start` joined this machine to | "HOST:PORT" = a Ray head node (README, "Scaling out")
+    ray_address: str = ""
 
 
 @dataclass

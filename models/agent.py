@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from models.controller import outputs_to_actions, population_forward
+from models.controller import explore_actions, outputs_to_actions, population_forward
 from models.mdnrnn import MDNRNN, Hidden, mixture_mean
 from models.vae import ConvVAE, frames_to_input
 
@@ -32,13 +32,19 @@ class PolicyStep(NamedTuple):
 
 
 class WorldModelPolicy:
-    """Batched V -> C -> M. `inputs="zh"` feeds C [z_t, h_t]; `"z"` feeds z_t only (the ablation)."""
+    """Batched V -> C -> M. `inputs="zh"` feeds C [z_t, h_t]; `"z"` feeds z_t only (the ablation).
+
+    `exploration` > 0 perturbs C's actions (`explore_actions`) before they reach the env and M, so M's
+    state follows the action actually taken; stage 1 uses it to collect data with a trained C.
+    """
 
     def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, layer_shapes: Sequence[tuple[int, int]], action_space: gym.Space,
-                 inputs: str = "zh", sample_actions: bool = False, device: torch.device | str = "cpu", seed: int = 0):
+                 inputs: str = "zh", sample_actions: bool = False, device: torch.device | str = "cpu", seed: int = 0,
+                 exploration: float = 0.0):
         self.vae, self.mdnrnn = vae.eval(), mdnrnn.eval()
         self.layer_shapes = list(layer_shapes)
         self.action_space, self.inputs, self.sample_actions = action_space, inputs, sample_actions
+        self.exploration = exploration
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -53,6 +59,7 @@ class WorldModelPolicy:
         controller_input = torch.cat([z, hidden[0][0]], dim=-1) if self.inputs == "zh" else z
         outputs = population_forward(self.layer_shapes, params, controller_input)
         action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator)
+        action_vectors = explore_actions(action_vectors, self.action_space, self.exploration, self.generator)
         log_pi, mu, _, _, _, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
         return PolicyStep(self.to_env_actions(action_vectors), action_vectors, next_hidden, z, mixture_mean(log_pi, mu))
 

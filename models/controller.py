@@ -101,6 +101,28 @@ def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = F
     return low + (torch.tanh(outputs) + 1.0) / 2.0 * (high - low)
 
 
+
+def explore_actions(action_vectors: torch.Tensor, space: gym.Space, amount: float,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Exploration noise on action vectors (E, A), for collecting data with a trained C.
+
+    Discrete: each episode's one-hot is replaced by a uniformly random one with probability `amount`
+    (epsilon-greedy). Box: Gaussian noise of std `amount` x half the bound range, clipped to the bounds.
+    `amount=0` returns the input unchanged.
+    """
+    if amount <= 0:
+        return action_vectors
+    device, (episodes, width) = action_vectors.device, action_vectors.shape
+    if isinstance(space, gym.spaces.Discrete):
+        random_choice = torch.randint(width, (episodes,), generator=generator, device=device)
+        replace = torch.rand(episodes, generator=generator, device=device) < amount
+        random_one_hot = nn.functional.one_hot(random_choice, width).float()
+        return torch.where(replace[:, None], random_one_hot, action_vectors)
+    low = torch.as_tensor(space.low, dtype=torch.float32, device=device)
+    high = torch.as_tensor(space.high, dtype=torch.float32, device=device)
+    noise = torch.randn(action_vectors.shape, generator=generator, device=device) * amount * (high - low) / 2.0
+    return torch.clamp(action_vectors + noise, low, high)
+
 class CMAES:
     """CMA-ES through the `cma` package, maximising fitness, with a checkpoint that holds no pickle.
 

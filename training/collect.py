@@ -1,6 +1,8 @@
-"""Stage 1: random rollouts -> `data/<env-slug>/rollouts/`.
+"""Stage 1: rollouts -> `data/<env-slug>/rollouts/` (random policy) or `data/<env-slug>/<experiment>/rollouts/`.
 
     python -m training.collect --env LunarLander-v3 --set collect.num_rollouts=200 --set collect.workers=2
+    python -m training.collect --env LunarLander-v3 --experiment more --set collect.policy=controller \
+        --set collect.controller_experiment=wm-lunar --set collect.exploration=0.1   # a trained agent plays
 
 Episodes are spread over worker processes (each keeps one env alive); episode i is played from env seed
 `episode_seed(cfg, i)`, so a re-run after an interrupt plays only the missing indices and the data set
@@ -10,29 +12,42 @@ is the same whatever the number of workers.
 from __future__ import annotations
 
 import argparse
+import copy
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Optional
 
+import torch
 from tqdm import tqdm
 
 from config import Config
 from training.train_utils import (add_common_args, config_from_args, ensure_writable_dir, episode_seeds, experiment_dir,
                                   make_writer, run_cli)
+from training.train_controller import load_world_model_agent
 from utils.data import episode_path, list_episodes, load_episode, rollout_dir, save_episode
-from utils.environment import RandomAgent, make_frame_env, resolve_env_id, run_episode
+from utils.environment import Agent, RandomAgent, make_frame_env, resolve_env_id, run_episode
 from utils.errors import WorldModelsError
 from utils.video import add_video, upscale, write_mp4
 from utils.workers import default_workers, parallel_map
 
 def episode_seed(cfg: Config, index: int) -> int:
     """Episode `index` is always played from this env seed (disjoint from other stages' seeds)."""
-    return int(episode_seeds(cfg, "collect", index, 1)[0])
+    return int(episode_seeds(cfg, "collect", cfg.collect.seed_offset + index, 1)[0])
 
 
-def make_collect_agent(cfg: Config, action_space) -> RandomAgent:
+def make_collect_agent(cfg: Config, action_space) -> Agent:
+    """A random policy, or with `collect.policy=controller` the trained agent of `collect.controller_experiment`
+    with exploration noise (its V, M and C on the CPU: workers run one episode each)."""
     c = cfg.collect
-    return RandomAgent(action_space, c.policy, c.repeat_min, c.repeat_max, c.walk_sigma)
+    if c.policy != "controller":
+        return RandomAgent(action_space, c.policy, c.repeat_min, c.repeat_max, c.walk_sigma)
+    if not c.controller_experiment:
+        raise WorldModelsError("collect.policy=controller needs collect.controller_experiment=<an experiment with a "
+                               "trained controller>")
+    source = copy.deepcopy(cfg)
+    source.experiment.name = c.controller_experiment
+    return load_world_model_agent(source, torch.device("cpu"), c.exploration)
 
 
 # Per-worker state, built once by `_init_worker` in each worker process.
@@ -40,6 +55,8 @@ _worker: dict = {}
 
 
 def _init_worker(cfg: Config, folder: Path) -> None:
+    if multiprocessing.parent_process() is not None:  # a worker process: its siblings use the other cores
+        torch.set_num_threads(1)
     env = make_frame_env(cfg.env)
     _worker.update(cfg=cfg, env=env, agent=make_collect_agent(cfg, env.action_space), folder=folder)
 

@@ -56,13 +56,13 @@ def make_controller(cfg: Config, action_space) -> Controller:
     return Controller(controller_input_size(cfg), action_size(action_space), cfg.controller.hidden_sizes)
 
 
-def build_policy(cfg: Config, device: torch.device, action_space) -> WorldModelPolicy:
+def build_policy(cfg: Config, device: torch.device, action_space, exploration: float = 0.0) -> WorldModelPolicy:
     """V and M from their checkpoints (checked against cfg and each other) and C's architecture."""
     vae = load_vae(cfg, device)
     mdnrnn = load_mdnrnn(cfg, device, vae=vae)
     controller = make_controller(cfg, action_space)
     return WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space, cfg.controller.inputs,
-                            cfg.controller.sample_actions, device, cfg.experiment.seed)
+                            cfg.controller.sample_actions, device, cfg.experiment.seed, exploration)
 
 
 def run_episodes(policy: WorldModelPolicy, pool: EnvPool, params: np.ndarray, seeds: np.ndarray,
@@ -121,12 +121,13 @@ def load_controller_checkpoint(cfg: Config, device: Any = "cpu") -> dict[str, An
     return checkpoint
 
 
-def load_world_model_agent(cfg: Config, device: Any = "auto") -> WorldModelAgent:
-    """The trained World Models agent of `cfg`'s experiment: V, M and the kept-best C."""
+def load_world_model_agent(cfg: Config, device: Any = "auto", exploration: float = 0.0) -> WorldModelAgent:
+    """The trained World Models agent of `cfg`'s experiment: V, M and the kept-best C (its actions
+    perturbed by `explore_actions` when `exploration` > 0)."""
     device = resolve_device(device) if isinstance(device, str) else device
     cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     env = make_frame_env(cfg.env)
-    policy = build_policy(cfg, device, env.action_space)
+    policy = build_policy(cfg, device, env.action_space, exploration)
     env.close()
     checkpoint = load_controller_checkpoint(cfg, device)
     return WorldModelAgent(policy, checkpoint["best_params"])

@@ -31,7 +31,10 @@ EPISODE_KEYS = ("obs", "actions", "rewards", "terminated")
 
 
 def rollout_dir(cfg: Config) -> Path:
-    return Path(cfg.experiment.data_dir) / cfg.env_slug / "rollouts"
+    """Random-policy rollouts are shared by every experiment on the env; a trained agent's belong to
+    its experiment: `data/<env-slug>/rollouts` or `data/<env-slug>/<experiment>/rollouts`."""
+    root = Path(cfg.experiment.data_dir) / cfg.env_slug
+    return (root / cfg.experiment_name if cfg.collect.policy == "controller" else root) / "rollouts"
 
 
 def episode_path(folder: Path, index: int) -> Path:
@@ -84,12 +87,18 @@ def list_episodes(folder: Path) -> list[Path]:
 
 
 def require_episodes(cfg: Config) -> list[Path]:
-    """The rollouts of `cfg`'s env, or one line naming the command that collects them."""
+    """The episodes V and M train on: `rollout_dir(cfg)`'s, then those of each `collect.extra_rollouts`
+    folder; a missing set is one line naming the command that collects it."""
     paths = list_episodes(rollout_dir(cfg))
     if not paths:
         raise WorldModelsError(
             f"no rollouts in {rollout_dir(cfg)}; collect them first: python -m training.collect --env {cfg.env.env_id}"
         )
+    for folder in cfg.collect.extra_rollouts:
+        extra = list_episodes(Path(folder))
+        if not extra:
+            raise WorldModelsError(f"collect.extra_rollouts names {folder}, which holds no episodes")
+        paths += extra
     return paths
 
 

@@ -1,0 +1,96 @@
+"""The paper's iterative procedure: collect with a trained agent (plus exploration), retrain on the union."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import isolate
+from config import get_config
+from models.controller import explore_actions
+from train import iteration_config, run_iterations
+from training.collect import collect, episode_seed
+from training.train_controller import load_world_model_agent
+from training.train_mdnrnn import latent_cache_path
+from utils.data import list_episodes, load_episode, load_episode_metadata, require_episodes, rollout_dir
+from utils.environment import make_frame_env, run_episode
+from utils.errors import WorldModelsError
+
+
+def test_discrete_exploration_replaces_actions_at_the_asked_rate():
+    space = gym.spaces.Discrete(4)
+    greedy = torch.nn.functional.one_hot(torch.zeros(20000, dtype=torch.long), 4).float()
+    generator = torch.Generator().manual_seed(0)
+    assert explore_actions(greedy, space, 0.0, generator) is greedy
+    explored = explore_actions(greedy, space, 0.4, generator)
+    assert torch.all(explored.sum(dim=1) == 1)  # still one-hot
+    # A replaced action is uniform over the 4 actions, so it differs from the greedy one 3/4 of the time.
+    changed = (explored.argmax(dim=1) != 0).float().mean().item()
+    assert changed == pytest.approx(0.4 * 3 / 4, abs=0.015)
+
+
+def test_continuous_exploration_stays_inside_the_bounds():
+    space = gym.spaces.Box(np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32))
+    actions = torch.tensor([[0.9, 0.5, 0.0]]).repeat(5000, 1)
+    explored = explore_actions(actions, space, 0.2, torch.Generator().manual_seed(1))
+    low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+    assert torch.all(explored >= low) and torch.all(explored <= high)
+    # Gas (unclipped around 0.5): std = 0.2 x half the [0, 1] range = 0.1.
+    assert explored[:, 1].std().item() == pytest.approx(0.1, rel=0.05)
+
+
+def test_collecting_with_a_trained_controller_replays_the_agent(trained_lunar):
+    """exploration=0: each stored episode is exactly the trained agent's episode from the stored seed."""
+    overrides = ["env.max_episode_steps=60", "collect.policy=controller", "collect.controller_experiment=lunarlander-v3",
+                 "collect.exploration=0", "collect.num_rollouts=3", "collect.seed_offset=1000", "collect.workers=2"]
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides), trained_lunar)
+    cfg.experiment.name = "collected-by-c"
+    folder = collect(cfg)
+    assert folder == trained_lunar / "data" / "lunarlander-v3" / "collected-by-c" / "rollouts"
+    source = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=60"]), trained_lunar)
+    agent, env = load_world_model_agent(source, torch.device("cpu")), make_frame_env(cfg.env)
+    for index, path in enumerate(list_episodes(folder)):
+        metadata = load_episode_metadata(path)
+        assert metadata["policy"] == "controller" and metadata["seed"] == episode_seed(cfg, index)
+        assert metadata["seed"] != episode_seed(source, index)  # seed_offset: fresh seeds, not iteration 1's
+        stored, replayed = load_episode(path), run_episode(env, agent, metadata["seed"], 60)
+        np.testing.assert_array_equal(stored["actions"], replayed.actions)
+        np.testing.assert_array_equal(stored["obs"], replayed.obs)
+    env.close()
+
+
+def test_collecting_with_a_controller_needs_its_experiment(smoke_config):
+    cfg = smoke_config("LunarLander-v3", ["collect.policy=controller"])
+    with pytest.raises(WorldModelsError, match="collect.controller_experiment"):
+        collect(cfg)
+
+
+def test_iteration_configs_chain_agents_and_union_the_data(smoke_config):
+    cfg = smoke_config("LunarLander-v3", ["collect.num_rollouts=5"])
+    cfg.experiment.name = "loop"
+    first, third = iteration_config(cfg, 1), iteration_config(cfg, 3)
+    assert first.experiment_name == "loop/iter1" and first.collect.policy != "controller"
+    assert third.collect.controller_experiment == "loop/iter2" and third.collect.seed_offset == 10
+    assert third.collect.extra_rollouts == (str(rollout_dir(first)), str(rollout_dir(iteration_config(cfg, 2))))
+    assert rollout_dir(third) != rollout_dir(first)
+
+
+@pytest.mark.slow
+def test_two_iterations_train_the_second_round_on_the_union(smoke_config):
+    cfg = smoke_config("LunarLander-v3", ["env.max_episode_steps=60", "collect.num_rollouts=6",
+                                          "controller.generations=2", "controller.population_size=4"])
+    cfg.experiment.name = "loop"
+    outputs = run_iterations(cfg, 2)
+    assert [set(round_outputs) for round_outputs in outputs] == [{"collect", "vae", "mdnrnn", "controller"}] * 2
+    second = iteration_config(cfg, 2)
+    assert outputs[1]["controller"].parent.name == "iter2" and outputs[0]["controller"].parent.name == "iter1"
+    new_episodes = list_episodes(rollout_dir(second))
+    assert len(new_episodes) == 6 and load_episode_metadata(new_episodes[0])["policy"] == "controller"
+    assert len(require_episodes(second)) == 12
+    with np.load(latent_cache_path(second)) as cache:  # M of round 2 was trained on both rounds' episodes
+        assert len(cache["episode_names"]) == 12
+    mtimes = [path.stat().st_mtime_ns for path in outputs[1].values() if path.is_file()]
+    run_iterations(cfg, 2)  # a finished run is not redone
+    assert [path.stat().st_mtime_ns for path in outputs[1].values() if path.is_file()] == mtimes
