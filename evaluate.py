@@ -3,12 +3,14 @@
     python evaluate.py --env LunarLander-v3 --method random --episodes 20
     python evaluate.py --env LunarLander-v3 --method world_models --episodes 100
     python evaluate.py --env LunarLander-v3 --method compare --episodes 20 --video
+    python evaluate.py --env LunarLander-v3 --method world_models --dream --temperature 1.15 --video
 
 Every agent goes through one loop (`agent.reset(seed)`, `agent.act(obs)`); episode i of every method
 is played from the same env seed, drawn from a range disjoint from all training seeds. Results go to
 `results/<experiment>/` (JSON summary, per-episode CSV, and for `compare` a box plot and the training
 curves read back from TensorBoard) and, with `--video`, mp4s of the best and worst episodes to
-`videos/<experiment>/`.
+`videos/<experiment>/`. `--dream` plays the trained C inside M instead of the env (what the agent
+imagines, scored by M's reward head), as the paper's Table 2 reports dream and real scores side by side.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from config import Config
 from training.train_utils import (add_common_args, checkpoint_config, checkpoint_path, config_from_args, episode_seeds,
-                                  experiment_dir, load_checkpoint, run_cli)
+                                  experiment_dir, load_checkpoint, make_writer, resolve_device, run_cli)
 from utils.environment import RandomAgent, make_frame_env, resolve_env_id, run_episode
 from utils.errors import WorldModelsError
 from utils.video import upscale, write_mp4
@@ -195,13 +197,63 @@ def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, devic
     return summary, rows
 
 
+def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Optional[float],
+                      video: bool) -> tuple[Summary, list[dict]]:
+    """Play the kept-best C of `cfg`'s experiment for `episodes` episodes inside its M, all as one batch.
+
+    Episodes start from V's posteriors of the collected episodes' first frames and run at `temperature`
+    (None: the tau C was trained with) up to `controller.dream_max_steps`; a row's `seed` is the dream
+    episode's number (its random numbers come from the experiment seed's "evaluate" stream) and its
+    method is `world_models_dream_tau<tau>`.
+    """
+    import torch
+
+    from training.dream import (decode_latents, dream_generator, dream_rollouts, episode_start_latents,
+                                sample_start_latents)
+    from training.train_controller import build_policy, load_controller_checkpoint
+    from training.train_mdnrnn import load_or_encode_latents
+    from utils.data import require_episodes
+    from utils.video import add_video
+
+    trained = _trained_config(cfg, "controller")
+    c = trained.controller
+    tau = c.temperature if temperature is None else temperature
+    torch_device = resolve_device(device)
+    env = make_frame_env(trained.env)
+    policy = build_policy(trained, torch_device, env.action_space)
+    env.close()
+    params = load_controller_checkpoint(trained, torch_device)["best_params"].to(torch_device)
+    cache = load_or_encode_latents(trained, policy.vae, require_episodes(trained), torch_device)
+    start_mu, start_logvar = episode_start_latents(cache.mu, cache.logvar, cache.offsets, torch_device)
+    del cache
+    generator = dream_generator(trained.experiment.seed, "evaluate", 0, torch_device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None].repeat(episodes, 1),
+                                sample_start_latents(start_mu, start_logvar, episodes, generator), policy.action_space,
+                                tau, c.dream_max_steps, generator, c.inputs, c.sample_actions, record_first=video)
+    method = f"world_models_dream_tau{tau:g}"
+    rows = [{"method": method, "episode": i, "seed": i, "return": float(ret), "length": int(length)}
+            for i, (ret, length) in enumerate(zip(result.returns, result.lengths))]
+    summary = summarize(method, result.returns, result.lengths, time.perf_counter() - started,
+                        f"nothing: C inside M at tau {tau:g}")
+    if video:
+        frames = decode_latents(policy.vae, result.first_latents)
+        path = write_mp4(upscale(frames, 4), experiment_dir(cfg, "videos") / f"dream_eval_tau{tau:g}.mp4")
+        writer = make_writer(cfg, "evaluate")
+        add_video(writer, f"evaluate/dream_tau{tau:g}", frames[:: max(1, len(frames) // 300)], 0)
+        writer.close()
+        print(f"video (dream episode 0 drawn by V): {path}")
+    return summary, rows
+
+
 # --------------------------------------------------------------------------------------- output
 def format_table(summaries: list[Summary]) -> str:
-    header = (f"{'method':13s} {'episodes':>8s} {'mean ± std':>20s} {'95% CI':>22s} {'median':>9s} {'min':>9s} "
+    header = (f"{'method':26s} {'episodes':>8s} {'mean ± std':>20s} {'95% CI':>22s} {'median':>9s} {'min':>9s} "
               f"{'max':>9s} {'length':>8s} {'wall s':>7s}  observes")
     lines = [header, "-" * len(header)]
     for s in summaries:
-        lines.append(f"{s.method:13s} {s.episodes:8d} {f'{s.mean:.1f} ± {s.std:.1f}':>20s} "
+        lines.append(f"{s.method:26s} {s.episodes:8d} {f'{s.mean:.1f} ± {s.std:.1f}':>20s} "
                      f"{f'[{s.ci95_low:.1f}, {s.ci95_high:.1f}]':>22s} {s.median:9.1f} {s.min:9.1f} {s.max:9.1f} "
                      f"{s.mean_length:8.1f} {s.wall_seconds:7.1f}  {s.observes}")
     return "\n".join(lines)
@@ -278,13 +330,27 @@ def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], fol
     return [box_path, curves_path]
 
 
-def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: bool = False) -> dict[str, Any]:
-    """Evaluate one method, or all three for `compare`; returns the summaries and writes the results."""
+def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: bool = False, dream: bool = False,
+             temperature: Optional[float] = None) -> dict[str, Any]:
+    """Evaluate one method, or all three for `compare`; returns the summaries and writes the results.
+
+    `dream` (world_models only) plays C inside M at `temperature` instead of in the env.
+    """
     if episodes < 1:
         raise WorldModelsError(f"--episodes must be >= 1, got {episodes}")
     if method not in (*METHODS, "compare"):
         raise WorldModelsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, compare")
     cfg.env.env_id = resolve_env_id(cfg.env.env_id)
+    if dream:
+        if method != "world_models":
+            raise WorldModelsError(f"--dream plays a World Models agent inside its M; use --method world_models, "
+                                   f"not {method!r}")
+        summary, rows = evaluate_in_dream(cfg, episodes, cfg.experiment.device, temperature, video)
+        print(format_table([summary]))
+        folder = experiment_dir(cfg, "results")
+        write_results(folder, summary.method, [summary], rows, {"env_id": cfg.env.env_id})
+        print(f"results: {folder / f'eval_{summary.method}.json'}")
+        return {"summaries": [summary], "rows": rows}
     methods = list(METHODS) if method == "compare" else [method]
     if method == "compare":  # every trained method must exist before anything runs
         for name in ("world_models", "ppo"):
@@ -320,8 +386,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per core)")
     parser.add_argument("--video", action="store_true", help="mp4s of the best and worst episode per method")
+    parser.add_argument("--dream", action="store_true", help="world_models: play C inside M instead of the env")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="--dream: M's sampling temperature tau (default: the one C was trained with)")
     args = parser.parse_args(argv)
-    evaluate(config_from_args(args), args.method, args.episodes, args.workers, args.video)
+    evaluate(config_from_args(args), args.method, args.episodes, args.workers, args.video, args.dream, args.temperature)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,26 @@ def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys)
     assert len(videos) == 7  # best + worst for 3 methods, and the world-model views
     data = json.loads((results / "eval_compare.json").read_text())
     assert data["world_models_minus_ppo"]["ci95_low"] <= data["world_models_minus_ppo"]["difference"]
+
+
+@pytest.mark.slow
+def test_dream_evaluation_is_reproducible_and_uses_the_temperature(trained_lunar):
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke"), trained_lunar)
+    first = evaluate(cfg, "world_models", episodes=8, video=True, dream=True, temperature=1.0)
+    again = evaluate(cfg, "world_models", episodes=8, dream=True, temperature=1.0)
+    colder = evaluate(cfg, "world_models", episodes=8, dream=True, temperature=0.5)
+    returns = [[row["return"] for row in result["rows"]] for result in (first, again, colder)]
+    assert returns[0] == returns[1] and returns[0] != returns[2]
+    assert first["summaries"][0].method == "world_models_dream_tau1"
+    assert all(1 <= row["length"] <= cfg.controller.dream_max_steps for row in first["rows"])
+    assert (trained_lunar / "videos" / "lunarlander-v3" / "dream_eval_tau1.mp4").stat().st_size > 0
+    saved = json.loads((trained_lunar / "results" / "lunarlander-v3" / "eval_world_models_dream_tau0.5.json").read_text())
+    assert [row["return"] for row in saved["episodes"]] == returns[2]
+
+
+def test_dream_evaluation_needs_a_world_models_agent(tmp_path):
+    from utils.errors import WorldModelsError
+
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke"), tmp_path)
+    with pytest.raises(WorldModelsError, match="--dream plays a World Models agent"):
+        evaluate(cfg, "ppo", episodes=2, dream=True)

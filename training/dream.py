@@ -39,7 +39,7 @@ from models.vae import ConvVAE
 from utils.errors import WorldModelsError
 
 # Independent random streams of the dream, one per use, so e.g. recording a video never shifts fitness.
-DREAM_PURPOSES = {"fitness": 0, "video": 1}
+DREAM_PURPOSES = {"fitness": 0, "video": 1, "evaluate": 2}
 
 
 class StepNoise(NamedTuple):
