@@ -18,6 +18,7 @@ import torch
 
 from config import Config, config_from_dict, config_to_dict, get_config
 from utils.errors import WorldModelsError
+from utils.workers import configure_backend
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -38,6 +39,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_env: str = "ALE/Pon
     parser.add_argument("--experiment", default="", help="run name (default: the env's slug)")
     parser.add_argument("--seed", type=int, default=None, help="seeds envs, torch, numpy and CMA-ES")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--ray-address", default=None,
+                        help="run rollout and evaluation workers on Ray: local (start one here) | auto | HOST:PORT")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
         help="override any config field, e.g. --set vae.beta=2.0 (repeatable)",
@@ -45,7 +48,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_env: str = "ALE/Pon
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the Config from the common flags; explicit flags win over --set."""
+    """Build the Config from the common flags (explicit flags win over --set) and set the worker
+    backend it names for this process."""
     cfg = get_config(args.env, preset=args.preset, overrides=args.overrides)
     if args.experiment:
         cfg.experiment.name = args.experiment
@@ -53,6 +57,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.experiment.seed = args.seed
     if args.device is not None:
         cfg.experiment.device = args.device
+    if args.ray_address is not None:
+        cfg.experiment.ray_address = args.ray_address
+    configure_backend(cfg.experiment)
     return cfg
 
 

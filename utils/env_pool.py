@@ -1,4 +1,4 @@
-"""A pool of frame envs spread over worker processes, stepped together, episode by episode.
+"""A pool of frame envs spread over workers, stepped together, episode by episode, surviving worker loss.
 
 Gymnasium's vector envs step every sub-env on every call and reset them automatically; population
 evaluation needs the opposite: each slot plays exactly one seeded episode and then stops, and only the
@@ -7,22 +7,28 @@ each worker its slots' actions at once and then gathers, so the workers step in 
 caller waits (model inference for all slots then runs batched in the caller). `step_async` /
 `step_wait` address one worker at a time, so a caller can compute one worker's next actions while
 the other workers step.
+
+A worker is a local process or a Ray actor (`utils.workers.configure_backend`); both answer the same
+`send` / `receive`. A worker that dies (its process killed, its node lost) is replaced: the pool
+remembers each running slot's seed and the actions since its reset, the replacement replays them (the
+envs are deterministic given seed and actions) and the lost command is sent again, so the caller sees
+the results it would have seen without the crash.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from config import EnvConfig
 from utils.environment import make_frame_env
-from utils.workers import default_workers
+from utils.workers import MAX_RESTARTS, WorkerDied, default_workers, ray_address
 
 
-class _LocalEnvs:
+class LocalEnvs:
     """The envs of one worker, addressed by global slot number."""
 
     def __init__(self, env_cfg: EnvConfig, slots: Sequence[int]):
@@ -36,14 +42,22 @@ class _LocalEnvs:
         frames, rewards, terminated, truncated, _ = zip(*results)
         return (np.stack(frames), np.asarray(rewards, np.float64), np.asarray(terminated, bool), np.asarray(truncated, bool))
 
+    def replay(self, slots: Sequence[int], seeds: Sequence[int], actions: Sequence[Sequence[Any]]) -> None:
+        """Reset each slot from its seed and step it through its actions, all inside the worker (one
+        round trip): a replacement worker's envs end up where the dead worker's were."""
+        self.reset(slots, seeds)
+        for slot, slot_actions in zip(slots, actions):
+            for action in slot_actions:
+                self.envs[slot].step(action)
+
     def close(self) -> None:
         for env in self.envs.values():
             env.close()
 
 
 def _worker_loop(connection: Connection, env_cfg: EnvConfig, slots: Sequence[int]) -> None:
-    envs = _LocalEnvs(env_cfg, slots)
-    connection.send("ready")
+    envs = LocalEnvs(env_cfg, slots)
+    connection.send(("ok", None))
     while True:
         command, payload = connection.recv()
         if command == "close":
@@ -56,55 +70,151 @@ def _worker_loop(connection: Connection, env_cfg: EnvConfig, slots: Sequence[int
             connection.send(("error", f"{type(error).__name__}: {error}"))
 
 
+class _ProcessWorker:
+    """One env worker as a local process, reached through a pipe. `receive` answers the last `send`."""
+
+    def __init__(self, env_cfg: EnvConfig, worker: int, slots: Sequence[int]):
+        self.worker = worker
+        # fork: the child needs no re-import of torch; it only runs env code, so threads of the parent
+        # (a replacement is forked mid-run) hold no lock it could need.
+        context = mp.get_context("fork")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker_loop, args=(child, env_cfg, slots), daemon=True)
+        self.process.start()
+        child.close()  # else our own copy of the child's end would hide its death (recv would block)
+        self.pid = self.process.pid
+
+    def wait_ready(self) -> None:
+        self.receive()
+
+    def send(self, command: str, payload: tuple) -> None:
+        try:
+            self.connection.send((command, payload))
+        except (BrokenPipeError, ConnectionResetError) as error:
+            raise WorkerDied(f"env worker {self.worker} (pid {self.pid}) is gone") from error
+
+    def receive(self) -> Any:
+        try:
+            status, result = self.connection.recv()
+        except (EOFError, ConnectionResetError) as error:
+            raise WorkerDied(f"env worker {self.worker} (pid {self.pid}) died") from error
+        if status == "error":
+            raise RuntimeError(f"env worker {self.worker} failed: {result}")
+        return result
+
+    def close(self) -> None:
+        try:
+            self.send("close", ())
+        except WorkerDied:
+            pass  # already gone: nothing to close
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+        self.connection.close()
+
+
 class EnvPool:
-    """`num_envs` frame envs of `env_cfg` over `workers` processes (1 = all in this process).
+    """`num_envs` frame envs of `env_cfg` over `workers` workers (1 = all in this process).
 
     reset(slots, seeds) -> frames (n, S, S, 3) uint8
     step(slots, actions) -> frames (n, S, S, 3) uint8, rewards (n,), terminated (n,), truncated (n,)
-    Results come back in the order of `slots`.
+    Results come back in the order of `slots`. A slot whose episode ended must be reset before it is
+    stepped again.
     """
 
     def __init__(self, env_cfg: EnvConfig, num_envs: int, workers: int = 0):
+        self.env_cfg = env_cfg
         self.num_envs = num_envs
         self.workers = min(default_workers(workers), num_envs)
         self.action_space = None
         if self.workers == 1:
-            self.local = _LocalEnvs(env_cfg, range(num_envs))
+            self.local = LocalEnvs(env_cfg, range(num_envs))
             self.action_space = next(iter(self.local.envs.values())).action_space
             return
         self.local = None
-        context = mp.get_context("fork")
-        self.connections, self.processes = [], []
-        for worker in range(self.workers):
-            parent, child = context.Pipe()
-            process = context.Process(target=_worker_loop, args=(child, env_cfg, range(worker, num_envs, self.workers)), daemon=True)
-            process.start()
-            child.close()
-            self.connections.append(parent)
-            self.processes.append(process)
-        for connection in self.connections:
-            connection.recv()
+        self.handles = [self._start_worker(worker) for worker in range(self.workers)]
+        for handle in self.handles:  # started all at once, so their env start-up overlaps
+            handle.wait_ready()
+        # What a replacement needs to rebuild a running slot: its seed and the actions since its reset.
+        self.episode_seeds: dict[int, int] = {}
+        self.episode_actions: dict[int, list[Any]] = {}
+        self.pending: list[Optional[tuple[str, tuple]]] = [None] * self.workers
+        self.failures = [0] * self.workers
         probe = make_frame_env(env_cfg)
         self.action_space = probe.action_space
         probe.close()
 
-    def _call(self, command: str, slots: Sequence[int], values: Sequence[Any]) -> list[Any]:
+    def _start_worker(self, worker: int) -> Any:
+        slots = range(worker, self.num_envs, self.workers)
+        if ray_address():
+            from utils.ray_backend import RayEnvWorker
+
+            return RayEnvWorker(self.env_cfg, worker, slots, ray_address())
+        return _ProcessWorker(self.env_cfg, worker, slots)
+
+    def pids(self) -> list[int]:
+        """The process id of each worker (tests kill one to check that the pool survives it)."""
+        return [handle.pid for handle in self.handles]
+
+    def _send(self, worker: int, command: str, payload: tuple) -> None:
+        self.pending[worker] = (command, payload)
+        try:
+            self.handles[worker].send(command, payload)
+        except WorkerDied as error:
+            self._replace(worker, error)
+
+    def _receive(self, worker: int) -> Any:
+        while True:
+            try:
+                result = self.handles[worker].receive()
+                break
+            except WorkerDied as error:
+                self._replace(worker, error)
+        self.failures[worker] = 0
+        command, (slots, values) = self.pending[worker]
+        self.pending[worker] = None
+        if command == "reset":
+            for slot, seed in zip(slots, values):
+                self.episode_seeds[slot], self.episode_actions[slot] = int(seed), []
+        else:
+            ended = result[2] | result[3]
+            for slot, action, slot_ended in zip(slots, values, ended):
+                if slot_ended:  # nothing to rebuild: it is reset before it steps again
+                    del self.episode_seeds[slot], self.episode_actions[slot]
+                else:
+                    self.episode_actions[slot].append(action)
+        return result
+
+    def _replace(self, worker: int, cause: WorkerDied) -> None:
+        """Start a new worker for a dead one's slots, replay its running episodes, resend its command."""
+        while True:
+            self.failures[worker] += 1
+            if self.failures[worker] > MAX_RESTARTS:
+                raise RuntimeError(f"env worker {worker} died {self.failures[worker]} times in a row; giving up") from cause
+            self.handles[worker].close()
+            handle = self.handles[worker] = self._start_worker(worker)
+            running = [slot for slot in range(worker, self.num_envs, self.workers) if slot in self.episode_seeds]
+            try:
+                handle.wait_ready()
+                if running:
+                    handle.send("replay", (running, [self.episode_seeds[slot] for slot in running],
+                                           [self.episode_actions[slot] for slot in running]))
+                    handle.receive()
+                if self.pending[worker] is not None:
+                    handle.send(*self.pending[worker])
+                return
+            except WorkerDied as error:
+                cause = error
+
+    def _call(self, command: str, slots: Sequence[int], values: Sequence[Any]) -> Any:
         slots = np.asarray(slots)
         owners = slots % self.workers
-        for worker, connection in enumerate(self.connections):
-            mine = np.flatnonzero(owners == worker)
-            if len(mine):
-                connection.send((command, (slots[mine].tolist(), [values[i] for i in mine])))
-        order, parts = [], []
-        for worker, connection in enumerate(self.connections):
-            mine = np.flatnonzero(owners == worker)
-            if len(mine):
-                status, result = connection.recv()
-                if status == "error":
-                    raise RuntimeError(f"env worker {worker} failed: {result}")
-                order.append(mine)
-                parts.append(result)
-        inverse = np.argsort(np.concatenate(order))
+        groups = [(worker, np.flatnonzero(owners == worker)) for worker in range(self.workers)]
+        groups = [(worker, mine) for worker, mine in groups if len(mine)]
+        for worker, mine in groups:
+            self._send(worker, command, (slots[mine].tolist(), [values[i] for i in mine]))
+        parts = [self._receive(worker) for worker, _ in groups]
+        inverse = np.argsort(np.concatenate([mine for _, mine in groups]))
         if command == "reset":
             return np.concatenate(parts)[inverse]
         return [np.concatenate([part[k] for part in parts])[inverse] for k in range(4)]
@@ -128,25 +238,20 @@ class EnvPool:
         if self.local is not None:
             self._local_result = self.local.step(slots, actions)
             return
-        self.connections[worker].send(("step", (list(map(int, slots)), list(actions))))
+        self._send(worker, "step", (list(map(int, slots)), list(actions)))
 
     def step_wait(self, worker: int) -> tuple[np.ndarray, ...]:
         """frames, rewards, terminated, truncated of the slots sent by the last `step_async(worker)`."""
         if self.local is not None:
             return self._local_result
-        status, result = self.connections[worker].recv()
-        if status == "error":
-            raise RuntimeError(f"env worker {worker} failed: {result}")
-        return result
+        return self._receive(worker)
 
     def close(self) -> None:
         if self.local is not None:
             self.local.close()
             return
-        for connection in self.connections:
-            connection.send(("close", None))
-        for process in self.processes:
-            process.join(timeout=5)
+        for handle in self.handles:
+            handle.close()
 
     def __enter__(self) -> "EnvPool":
         return self

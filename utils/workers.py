@@ -1,8 +1,10 @@
 """The worker backend: map a function over items in worker processes, results as they finish.
 
-Stages call `parallel_map` and never touch a pool themselves, so the backend can change (local
-processes today) without a stage knowing. Each worker runs `initializer(*initargs)` once, which is
-where it builds its expensive state (an environment, models).
+Stages call `parallel_map` (and `utils.env_pool.EnvPool`) and never touch a pool themselves, so they do
+not know which backend runs their workers: local processes (the default) or actors on a Ray cluster
+(`utils/ray_backend.py`). The backend is process-global, set once from the config by
+`configure_backend` (the CLIs do it in `config_from_args`). Each worker runs `initializer(*initargs)`
+once, which is where it builds its expensive state (an environment, models).
 """
 
 from __future__ import annotations
@@ -11,10 +13,43 @@ import multiprocessing as mp
 import os
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from config import ExperimentConfig
+
+# How often in a row one piece of work may lose its worker before the run gives up: a worker that
+# dies again and again on the same work is a bug, not bad luck.
+MAX_RESTARTS = 3
+
+_backend = {"ray_address": ""}
+
+
+class WorkerDied(Exception):
+    """A worker process vanished (killed, crashed, its node lost): its state and pending work are gone."""
+
+
+def configure_backend(experiment: ExperimentConfig) -> None:
+    """Run the workers of this process's stages as local processes (`experiment.ray_address` "") or
+    as Ray actors ("local", "auto" or "HOST:PORT"). Ray itself starts at the first parallel call."""
+    if experiment.ray_address:
+        from utils import ray_backend
+
+        ray_backend.import_ray()  # a missing install fails here, before a stage has done any work
+    _backend["ray_address"] = experiment.ray_address
+
+
+def ray_address() -> str:
+    """The configured Ray address; "" = local processes."""
+    return _backend["ray_address"]
+
 
 def default_workers(requested: int) -> int:
-    """0 means one worker per CPU core."""
-    return requested if requested > 0 else (os.cpu_count() or 1)
+    """0 means one worker per CPU core: this machine's, or the whole Ray cluster's."""
+    if requested > 0:
+        return requested
+    if ray_address():
+        from utils import ray_backend
+
+        return ray_backend.cluster_cpus(ray_address())
+    return os.cpu_count() or 1
 
 
 def parallel_map(
@@ -26,14 +61,19 @@ def parallel_map(
 ) -> Iterator[Any]:
     """Yield `function(item)` for every item, in completion order.
 
-    With one worker (or one item) everything runs in this process: no pickling, no start-up cost,
-    and exceptions surface with their full traceback.
+    With one worker (or one item) everything runs in this process, whatever the backend: no pickling,
+    no start-up cost, and exceptions surface with their full traceback.
     """
     workers = min(default_workers(workers), max(1, len(items)))
     if workers == 1:
         if initializer is not None:
             initializer(*initargs)
         yield from map(function, items)
+        return
+    if ray_address():
+        from utils import ray_backend
+
+        yield from ray_backend.parallel_map(function, items, workers, initializer, initargs, ray_address())
         return
     # forkserver/spawn would re-import torch in each worker (seconds); fork is safe here because
     # workers are started before any thread of ours exists.

@@ -1,0 +1,145 @@
+"""Scaling out (issue #8): the Ray backend gives the local backend's results, and lost workers are retried."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from config import ExperimentConfig, get_config
+from models.controller import CMAES
+from tests.conftest import isolate
+from tests.test_controller import _random_policy
+from training.collect import collect
+from training.train_controller import run_episodes
+from training.train_utils import add_common_args, config_from_args
+from utils.data import list_episodes, load_episode
+from utils.env_pool import EnvPool
+from utils.environment import make_frame_env
+from utils.errors import WorldModelsError
+from utils.workers import configure_backend, parallel_map, ray_address
+
+BACKENDS = {"processes": "", "ray": "local"}
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module: starting one takes seconds."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    # Actors cannot import this test module (pytest put tests/ on the path of this process only).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def use_backend(ray_instance):
+    """Switch this process's worker backend; the local default is back after the test."""
+    yield lambda name: configure_backend(ExperimentConfig(ray_address=BACKENDS[name]))
+    configure_backend(ExperimentConfig())
+
+
+def test_collection_on_ray_writes_the_same_episodes_as_local_processes(tmp_path, use_backend):
+    overrides = ["collect.num_rollouts=4", "collect.workers=2", "env.max_episode_steps=50"]
+    folders = {}
+    for name in BACKENDS:
+        use_backend(name)
+        folders[name] = collect(isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides), tmp_path / name))
+    local, on_ray = (list_episodes(folders[name]) for name in BACKENDS)
+    assert [p.name for p in local] == [p.name for p in on_ray] == [f"ep_{i:06d}.npz" for i in range(4)]
+    for local_path, ray_path in zip(local, on_ray):
+        local_episode, ray_episode = load_episode(local_path), load_episode(ray_path)
+        assert local_episode.keys() == ray_episode.keys()
+        for key in local_episode:
+            np.testing.assert_array_equal(local_episode[key], ray_episode[key])
+
+
+def _one_generation(pool: EnvPool, policy, num_params: int) -> np.ndarray:
+    """Fitness (population,) of one CMA-ES generation: 4 candidates x 2 seeded rollouts each."""
+    population, rollouts = 4, 2
+    solutions = CMAES(num_params, sigma=0.5, population_size=population, seed=0).ask()
+    returns, _, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), np.tile([21, 22], population))
+    return returns.reshape(population, rollouts).mean(axis=1)
+
+
+def _kill_worker_mid_generation(pool: EnvPool, worker: int, after_steps: int) -> None:
+    """SIGKILL `worker` right after its `after_steps`-th step command was sent: the step is in flight."""
+    step_async, sent = pool.step_async, []
+
+    def step_async_then_kill(target: int, slots, actions) -> None:
+        step_async(target, slots, actions)
+        if target == worker:
+            sent.append(target)
+            if len(sent) == after_steps:
+                os.kill(pool.pids()[worker], signal.SIGKILL)
+
+    pool.step_async = step_async_then_kill
+
+
+@pytest.fixture(scope="module")
+def generation_setup():
+    cfg = get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=50"])
+    policy, num_params = _random_policy(cfg, make_frame_env(cfg.env).action_space)
+    return cfg, policy, num_params
+
+
+@pytest.fixture(scope="module")
+def reference_fitness(generation_setup):
+    """The generation's fitness with every env in this process: what every backend must reproduce."""
+    cfg, policy, num_params = generation_setup
+    with EnvPool(cfg.env, num_envs=8, workers=1) as pool:
+        return _one_generation(pool, policy, num_params)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("killed", [False, True], ids=["intact", "worker_killed"])
+def test_a_cma_es_generation_gives_the_same_fitness_on_every_backend(use_backend, generation_setup, reference_fitness,
+                                                                      backend, killed):
+    cfg, policy, num_params = generation_setup
+    use_backend(backend)
+    with EnvPool(cfg.env, num_envs=8, workers=2) as pool:
+        first_pids = pool.pids()
+        if killed:
+            _kill_worker_mid_generation(pool, worker=1, after_steps=10)
+        fitness = _one_generation(pool, policy, num_params)
+        pids = pool.pids()
+    np.testing.assert_array_equal(fitness, reference_fitness)
+    assert pids[0] == first_pids[0]
+    assert (pids[1] != first_pids[1]) == killed, "the killed worker is replaced, the others kept"
+
+
+def _slow_item(item: int) -> tuple[int, int]:
+    time.sleep(0.2)  # long enough that an actor is always holding an item when the test kills it
+    return item, os.getpid()
+
+
+def test_parallel_map_on_ray_returns_every_item_once_when_an_actor_is_killed(use_backend):
+    use_backend("ray")
+    items, pids = [], set()
+    for item, pid in parallel_map(_slow_item, list(range(10)), workers=2):
+        if not pids:
+            os.kill(pid, signal.SIGKILL)  # it has already been handed its next item
+        items.append(item)
+        pids.add(pid)
+    assert sorted(items) == list(range(10))
+    assert len(pids) == 3, "two actors, then a fresh one in place of the killed one"
+
+
+def test_ray_address_flag_sets_the_backend(use_backend):
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    cfg = config_from_args(parser.parse_args(["--env", "LunarLander-v3", "--ray-address", "local"]))
+    assert cfg.experiment.ray_address == ray_address() == "local"
+
+
+def test_asking_for_ray_without_ray_installed_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(WorldModelsError, match=r"Ray is not installed; run `pip install -r requirements-distributed.txt`"):
+        configure_backend(ExperimentConfig(ray_address="auto"))
+    assert ray_address() == "", "a failed request leaves the local backend in place"

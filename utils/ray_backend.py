@@ -1,0 +1,171 @@
+"""Ray as the worker backend: `parallel_map` and the env workers of `EnvPool` as actors on a Ray cluster.
+
+Chosen by `experiment.ray_address` (`utils.workers.configure_backend`): "local" starts a Ray instance on
+this machine, "auto" joins the cluster that `ray start` made this machine part of, "HOST:PORT" joins
+the head node there. Ray is an optional dependency, imported only here and only when asked for.
+
+Actors import the project's modules and read and write the configured folders (rollouts, checkpoints),
+so every node needs the repository and those folders at the driver's paths: one checkout and a shared
+filesystem. Ray adds the driver's working directory to the actors' import path; a map actor also
+changes into it, so relative folders in the config mean the same on every node.
+
+Both uses survive a lost actor: a map resubmits the item the dead actor held to a fresh one, and
+`EnvPool` replays the dead env worker's episodes (it sees `WorkerDied`, as for a local process).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import deque
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from config import EnvConfig
+from utils.env_pool import LocalEnvs
+from utils.errors import WorldModelsError
+from utils.workers import MAX_RESTARTS, WorkerDied
+
+INSTALL_COMMAND = "pip install -r requirements-distributed.txt"
+
+
+def import_ray() -> Any:
+    """The `ray` module, or a WorldModelsError naming the install command."""
+    try:
+        import ray
+    except ImportError as error:
+        raise WorldModelsError(f"experiment.ray_address is set but Ray is not installed; run `{INSTALL_COMMAND}`") from error
+    return ray
+
+
+def connect(address: str) -> Any:
+    """Ray, connected to `address` once per process ("local" | "auto" | "HOST:PORT"); a Ray that
+    this process already initialised (a test's, a notebook's) is used as it is."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        options = {"include_dashboard": False} if address == "local" else {}  # the dashboard costs seconds to start
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as error:
+            raise WorldModelsError(f"no Ray cluster at experiment.ray_address={address!r} ({error}); start one with "
+                                   "`ray start --head`, or use --ray-address local") from error
+    return ray
+
+
+def cluster_cpus(address: str) -> int:
+    """CPUs in the whole cluster: the number of workers that run at once."""
+    return max(1, int(connect(address).cluster_resources().get("CPU", 1)))
+
+
+def _crashed(ray: Any, error: Exception) -> bool:
+    """A lost actor (retry elsewhere), as opposed to an actor whose constructor raised (a bug: re-raise)."""
+    return isinstance(error, ray.exceptions.RayActorError) and not error.actor_init_failed
+
+
+class _Actor:
+    def pid(self) -> int:
+        """The actor's process id (tests kill it by pid)."""
+        return os.getpid()
+
+
+class _MapActor(_Actor):
+    """One worker of `parallel_map`: runs the initializer once, then `function` on item after item."""
+
+    def __init__(self, driver_cwd: str, function: Callable[[Any], Any], initializer: Optional[Callable[..., None]],
+                 initargs: tuple):
+        os.chdir(driver_cwd)
+        self.function = function
+        if initializer is not None:
+            initializer(*initargs)
+
+    def run(self, item: Any) -> Any:
+        return self.function(item)
+
+
+class _EnvActor(_Actor, LocalEnvs):
+    """One env worker of `EnvPool`: that worker's envs, as a local process holds them."""
+
+
+@functools.lru_cache(maxsize=None)
+def _remote(actor_class: type) -> Any:
+    # One CPU each, so a cluster runs as many actors at once as it has cores, as the local pool does.
+    return import_ray().remote(num_cpus=1)(actor_class)
+
+
+def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: int,
+                 initializer: Optional[Callable[..., None]], initargs: tuple, address: str) -> Iterator[Any]:
+    """`utils.workers.parallel_map` on Ray actors: every item's result exactly once, in completion order,
+    even when actors die mid-map (each holds one item at a time; a lost one goes to a fresh actor)."""
+    ray = connect(address)
+    # An actor that cannot be scheduled would hold its item forever: no more actors than the cluster runs.
+    workers = min(workers, cluster_cpus(address))
+    actor_class = _remote(_MapActor)
+    waiting = deque(range(len(items)))
+    in_flight: dict[Any, tuple[Any, int]] = {}  # result ref -> (actor, item index)
+    losses = [0] * len(items)
+    actors: list[Any] = []
+
+    def start_actor() -> Any:
+        actors.append(actor_class.remote(os.getcwd(), function, initializer, initargs))
+        return actors[-1]
+
+    def give_work(actor: Any) -> None:
+        if waiting:
+            index = waiting.popleft()
+            in_flight[actor.run.remote(items[index])] = (actor, index)
+
+    try:
+        for _ in range(workers):
+            give_work(start_actor())
+        while in_flight:
+            [ready], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, index = in_flight.pop(ready)
+            try:
+                result = ray.get(ready)
+            except Exception as error:
+                if not _crashed(ray, error):
+                    raise
+                losses[index] += 1
+                if losses[index] > MAX_RESTARTS:
+                    raise RuntimeError(f"item {index} lost its worker {losses[index]} times; giving up") from error
+                waiting.appendleft(index)
+                actors.remove(actor)
+                ray.kill(actor)  # if it was only unreachable, it must not come back holding a CPU
+                give_work(start_actor())
+                continue
+            give_work(actor)
+            yield result
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+class RayEnvWorker:
+    """One env worker of `EnvPool` as a Ray actor: the same `send` / `receive` as a local process."""
+
+    def __init__(self, env_cfg: EnvConfig, worker: int, slots: Sequence[int], address: str):
+        self.ray = connect(address)
+        self.worker = worker
+        self.actor = _remote(_EnvActor).remote(env_cfg, list(slots))
+        self.result_ref: Any = None
+        self.pid: Optional[int] = None
+
+    def _get(self, ref: Any) -> Any:
+        try:
+            return self.ray.get(ref)
+        except Exception as error:
+            if _crashed(self.ray, error):
+                raise WorkerDied(f"env worker {self.worker} (Ray actor, pid {self.pid}) died") from error
+            raise
+
+    def wait_ready(self) -> None:
+        self.pid = self._get(self.actor.pid.remote())
+
+    def send(self, command: str, payload: tuple) -> None:
+        self.result_ref = getattr(self.actor, command).remote(*payload)
+
+    def receive(self) -> Any:
+        ref, self.result_ref = self.result_ref, None
+        return self._get(ref)
+
+    def close(self) -> None:
+        self.ray.kill(self.actor)
