@@ -12,6 +12,13 @@
    `mdnrnn_best.pt` (what `load_mdnrnn` serves to the controller stage).
 
 `mdnrnn.train=false` writes a seeded, untrained M instead: the paper's ablation.
+
+Under `torchrun --nproc_per_node W` (see `training/distributed.py`) rank 0 builds the latent cache and
+the others read it; every rank draws the epoch's shuffled windows from the same seed and takes windows
+rank, rank + W, rank + 2W, ... of them, `mdnrnn.batch_size / W` per step, so step k's W per-rank batches
+are together the very windows of one process's batch k. Latents are sampled with per-rank noise, and each
+rank's loss is a mean over its own valid steps (windows of episodes shorter than L are padded), so the
+step equals one process's in expectation. Rank 0 validates and writes the checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from tqdm import tqdm
 from config import Config
 from models.mdnrnn import MDNOutput, MDNRNN, masked_mean, mdnrnn_loss, mixture_mean
 from models.vae import ConvVAE, frames_to_input
+from training.distributed import DistributedContext, distributed_session, print_main
 from training.train_utils import (
     atomic_path,
     autocast,
@@ -39,7 +47,6 @@ from training.train_utils import (
     make_grad_scaler,
     make_writer,
     require_match,
-    resolve_device,
     run_cli,
     run_stage,
     save_checkpoint,
@@ -166,7 +173,7 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
         with np.load(path, allow_pickle=False) as archive:
             stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
             if not stale:
-                print(f"mdnrnn: latent cache {path} is up to date")
+                print_main(f"mdnrnn: latent cache {path} is up to date")
                 return LatentCache(*(archive[key] for key in LatentCache._fields))
         print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
     cache = encode_rollouts(vae, paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last, cfg.vae.episodes_per_chunk)
@@ -283,7 +290,7 @@ def batch_loss(model: MDNRNN, batch: SequenceBatch, z: torch.Tensor, cfg: Config
 
 
 def training_step(
-    model: MDNRNN,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     batch: SequenceBatch,
@@ -291,7 +298,8 @@ def training_step(
     device: torch.device,
     generator: Optional[torch.Generator] = None,
 ) -> dict[str, torch.Tensor]:
-    """One Adam step (gradients clipped to `mdnrnn.grad_clip`) on a batch on `device`; detached losses."""
+    """One Adam step of M (or its DistributedDataParallel wrapper), gradients clipped to
+    `mdnrnn.grad_clip`, on a batch on `device`; detached losses."""
     _, losses = batch_loss(model, batch, sample_latents(batch, generator), cfg, device)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total_loss"]).backward()
@@ -433,11 +441,18 @@ def train_mdnrnn(cfg: Config) -> Path:
     """Train (or resume training) M on V's latents of `cfg`'s rollouts; returns `checkpoints/<experiment>/mdnrnn.pt`.
 
     With `mdnrnn.train=false`, writes a seeded untrained M there instead (the paper's ablation).
+    One process, or one of the processes `torchrun` started (data-parallel: see the module docstring).
     """
     _check_mdnrnn_config(cfg)
+    with distributed_session(cfg.experiment.device) as world:
+        return _train_mdnrnn(cfg, world)
+
+
+def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     m = cfg.mdnrnn
-    device = resolve_device(cfg.experiment.device)
-    seed_everything(cfg.experiment.seed)
+    device = world.device
+    seed_everything(world.rank_seed(cfg.experiment.seed))
+    per_rank_batch = world.per_rank_batch(m.batch_size, "mdnrnn.batch_size")
     last_path, best_path = checkpoint_path(cfg, "mdnrnn"), best_checkpoint_path(cfg)
     vae = load_vae(cfg, device)  # refuses a V of another env or latent size
     fingerprint = vae_fingerprint(vae)
@@ -446,10 +461,11 @@ def train_mdnrnn(cfg: Config) -> Path:
     identity = dict(latent_size=cfg.vae.latent_size, action_size=actions_width, vae_fingerprint=fingerprint)
 
     if not m.train:
-        best_path.unlink(missing_ok=True)  # else load_mdnrnn would serve an older trained M
-        save_checkpoint(last_path, "mdnrnn", cfg, model=model.state_dict(), epoch=0, global_step=0,
-                        best_val_loss=float("inf"), metrics={}, trained=False, **identity)
-        print(f"mdnrnn: mdnrnn.train=false: wrote an untrained M (seed {cfg.experiment.seed}) to {last_path}")
+        if world.is_main:
+            best_path.unlink(missing_ok=True)  # else load_mdnrnn would serve an older trained M
+            save_checkpoint(last_path, "mdnrnn", cfg, model=model.state_dict(), epoch=0, global_step=0,
+                            best_val_loss=float("inf"), metrics={}, trained=False, **identity)
+            print(f"mdnrnn: mdnrnn.train=false: wrote an untrained M (seed {cfg.experiment.seed}) to {last_path}")
         return last_path
 
     optimizer = torch.optim.Adam(model.parameters(), lr=m.learning_rate)
@@ -459,8 +475,9 @@ def train_mdnrnn(cfg: Config) -> Path:
         checkpoint = _load_mdnrnn_checkpoint(cfg, last_path, device)
         require_match("action_size", checkpoint["action_size"], actions_width, last_path)
         if checkpoint["vae_fingerprint"] != fingerprint or not checkpoint.get("trained", True):
-            print(f"mdnrnn: {last_path} belongs to another VAE or is untrained; training M from scratch")
-            best_path.unlink(missing_ok=True)
+            print_main(f"mdnrnn: {last_path} belongs to another VAE or is untrained; training M from scratch")
+            if world.is_main:
+                best_path.unlink(missing_ok=True)
         else:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -468,60 +485,72 @@ def train_mdnrnn(cfg: Config) -> Path:
             start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
             best_val_loss = checkpoint["best_val_loss"]
             if start_epoch >= m.epochs:
-                print(f"mdnrnn: all {m.epochs} epochs already done in {last_path}; nothing to train")
+                print_main(f"mdnrnn: all {m.epochs} epochs already done in {last_path}; nothing to train")
                 return last_path
-            print(f"mdnrnn: resuming from {last_path} at epoch {start_epoch + 1} of {m.epochs}")
+            print_main(f"mdnrnn: resuming from {last_path} at epoch {start_epoch + 1} of {m.epochs}")
     for group in optimizer.param_groups:  # a learning rate changed with --set applies on resume too
         group["lr"] = m.learning_rate
+    train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
     paths = require_episodes(cfg)
-    cache = load_or_encode_latents(cfg, vae, paths, device)
+    with world.main_first():  # rank 0 encodes the cache once; the others read the file it wrote
+        cache = load_or_encode_latents(cfg, vae, paths, device)
     require_match("action_size (rollouts)", cache.actions.shape[1], actions_width, latent_cache_path(cfg))
     index_of = {path: index for index, path in enumerate(paths)}
     train_paths, val_paths = split_episodes(paths, m.val_fraction)
     if not val_paths:
-        print("mdnrnn: note: no episodes held out (one episode, or mdnrnn.val_fraction=0); validating on the training episodes")
+        print_main("mdnrnn: note: no episodes held out (one episode, or mdnrnn.val_fraction=0); validating on the training episodes")
         val_paths = train_paths
     train_sampler = SequenceSampler(cache, np.array([index_of[p] for p in train_paths]), m.sequence_length)
     val_sampler = SequenceSampler(cache, np.array([index_of[p] for p in val_paths]), m.sequence_length)
-    steps_per_epoch = max(1, int(train_sampler.windows_per_episode().sum()) // m.batch_size)
+    windows = int(train_sampler.windows_per_episode().sum())
+    if windows < world.world_size:
+        raise WorldModelsError(f"{windows} training windows cannot feed {world.world_size} processes; collect more rollouts")
+    steps_per_epoch = max(1, windows // m.batch_size)
     if m.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, m.max_steps_per_epoch)
     image_frames = [load_episode(p, keys=("obs",))["obs"] for p in val_paths[:IMAGE_SEQUENCES]]
-    print(f"mdnrnn: {cfg.env.env_id} on {device}, {len(train_paths)} training episodes ({train_sampler.num_frames} frames, "
-          f"{steps_per_epoch} steps/epoch of {m.batch_size} x {m.sequence_length}), {len(val_paths)} validation episodes")
+    processes = f", {world.world_size} processes of {per_rank_batch} windows per batch" if world.world_size > 1 else ""
+    print_main(f"mdnrnn: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({train_sampler.num_frames} frames, "
+               f"{steps_per_epoch} steps/epoch of {m.batch_size} x {m.sequence_length}), {len(val_paths)} validation episodes")
 
-    writer = make_writer(cfg, "mdnrnn")
+    writer = make_writer(cfg, "mdnrnn") if world.is_main else None
     png_path = experiment_dir(cfg, "logs") / "mdnrnn" / "predictions.png"
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, m.epochs):
         # Seeded by epoch, so a resumed run draws the windows and latents an uninterrupted one would have.
+        # The windows are drawn alike on every rank (one seed), the latent noise is each rank's own.
         rng = np.random.default_rng([cfg.experiment.seed, epoch])
-        generator = torch.Generator(device).manual_seed(cfg.experiment.seed * 100_003 + epoch)
-        episodes, starts = train_sampler.epoch_windows(rng)
+        generator = torch.Generator(device).manual_seed(world.rank_seed(cfg.experiment.seed * 100_003 + epoch))
+        episodes, starts = (world.shard(array) for array in train_sampler.epoch_windows(rng))
         sums = {name: torch.zeros((), device=device) for name in ("nll", "reward_loss", "done_loss", "total_loss")}
         data_seconds, start = 0.0, time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"mdnrnn epoch {epoch + 1}/{m.epochs}", unit="step")
+        bar = tqdm(total=steps_per_epoch, desc=f"mdnrnn epoch {epoch + 1}/{m.epochs}", unit="step", disable=not world.is_main)
         for step in range(steps_per_epoch):
             data_start = time.perf_counter()
-            window = slice(step * m.batch_size, (step + 1) * m.batch_size)
+            window = slice(step * per_rank_batch, (step + 1) * per_rank_batch)
             batch = train_sampler.gather(episodes[window], starts[window]).to(device)
             data_seconds += time.perf_counter() - data_start
-            losses = training_step(model, optimizer, scaler, batch, cfg, device, generator)
+            losses = training_step(train_model, optimizer, scaler, batch, cfg, device, generator)
             for name in sums:
                 sums[name] += losses[name]
             global_step += 1
             bar.update(1)
             if step % 20 == 0:
-                for name, value in losses.items():
-                    writer.add_scalar(f"mdnrnn/train/{name}", value.item(), global_step)
-                bar.set_postfix(nll=f"{losses['nll'].item():.3f}")
+                global_losses = world.mean(losses)
+                if world.is_main:
+                    for name, value in global_losses.items():
+                        writer.add_scalar(f"mdnrnn/train/{name}", value, global_step)
+                    bar.set_postfix(nll=f"{global_losses['nll']:.3f}")
         bar.close()
         seconds = time.perf_counter() - start
         sequences_per_second = steps_per_epoch * m.batch_size / seconds
+        train_losses = world.mean({name: value / steps_per_epoch for name, value in sums.items()})
+        if not world.is_main:
+            continue  # rank 0 validates and writes; this rank waits for it at the next epoch's first all_reduce
 
         val = evaluate(model, val_sampler, cfg, device)
-        metrics = {f"train_{name}": (value / steps_per_epoch).item() for name, value in sums.items()}
+        metrics = {f"train_{name}": value for name, value in train_losses.items()}
         metrics.update({f"val_{name}": value for name, value in val.items()})
         metrics.update(sequences_per_second=sequences_per_second, data_wait_share=data_seconds / seconds)
         for name, value in val.items():
@@ -545,6 +574,8 @@ def train_mdnrnn(cfg: Config) -> Path:
               f"val prediction error {val['prediction_error']:.3f} (copy z {val['copy_baseline_error']:.3f}, copy mu {val['copy_mean_baseline_error']:.3f})  "
               f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f})  "
               f"{sequences_per_second:.0f} seq/s{'  (best)' if improved else ''}")
+    if not world.is_main:
+        return last_path
     writer.close()
     print(f"mdnrnn: checkpoint {last_path}, best {best_path}, predicted frames in {png_path}")
     return last_path

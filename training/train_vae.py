@@ -5,6 +5,13 @@
 Frames stream from the episode files (`FrameChunkLoader`), never the whole data set in RAM. Every epoch
 writes `vae.pt` (the resume point) and, when validation improves, `vae_best.pt` (what `load_vae` serves
 to the later stages). Re-running the same command after an interrupt continues at the next epoch.
+
+Under `torchrun --nproc_per_node W` (see `training/distributed.py`) each of the W processes trains on
+batches of `vae.batch_size / W` frames drawn from its own share of the epoch's episodes: every rank shuffles
+the episode list with the epoch's seed and reads episodes rank, rank + W, rank + 2W, ... of it, so each
+file is read by one rank only. The global batch is made of W such per-rank batches (one process's batch
+shuffles frames across all of a chunk's episodes instead; the step is the same in expectation), and all
+ranks take the steps of the smallest shard. Rank 0 validates and writes the checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from tqdm import tqdm
 
 from config import Config
 from models.vae import RECON_LOSSES, ConvVAE, frames_to_input, vae_loss
+from training.distributed import DistributedContext, distributed_session, print_main
 from training.train_utils import (
     autocast,
     checkpoint_config,
@@ -29,7 +37,6 @@ from training.train_utils import (
     make_grad_scaler,
     make_writer,
     require_match,
-    resolve_device,
     run_cli,
     run_stage,
     save_epoch_checkpoints,
@@ -79,7 +86,7 @@ def load_vae(cfg: Config, device: Any) -> ConvVAE:
 
 
 def training_step(
-    model: ConvVAE,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     frames_uint8: np.ndarray,
@@ -88,7 +95,8 @@ def training_step(
     device: torch.device,
     precision: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
 ) -> dict[str, torch.Tensor]:
-    """One Adam step on a (B, 64, 64, 3) uint8 batch; returns the detached losses (no host sync).
+    """One Adam step of V (or its DistributedDataParallel wrapper) on a (B, 64, 64, 3) uint8 batch;
+    returns the detached losses (no host sync).
 
     `precision` makes the forward pass's mixed-precision context (default: `train_utils.autocast`
     per `cfg.vae.amp`); the benchmark passes CPU bf16 autocast through it.
@@ -222,9 +230,27 @@ def sample_frames(paths: list[Path], count: int) -> np.ndarray:
     return np.concatenate(picked)
 
 
-def _count_frames(paths: list[Path]) -> int:
+def _episode_lengths(paths: list[Path]) -> np.ndarray:
+    """(len(paths),) int64 frames per episode."""
     # The rewards array has one entry per frame and is tiny: reading it avoids loading any frames.
-    return sum(len(load_episode(path, keys=("rewards",))["rewards"]) for path in paths)
+    return np.array([len(load_episode(path, keys=("rewards",))["rewards"]) for path in paths], dtype=np.int64)
+
+
+def _steps_per_epoch(cfg: Config, loader: FrameChunkLoader, episode_lengths: np.ndarray) -> int:
+    """The steps of `loader`'s next pass: full batches of the smallest rank's episodes (every rank must
+    take as many steps as the others, or its gradient all_reduce would wait forever), capped by
+    `vae.max_steps_per_epoch`. One process: training frames // vae.batch_size."""
+    frames = min(int(episode_lengths[shard].sum()) for shard in loader.next_pass_shards())
+    steps = frames // loader.batch_size
+    if cfg.vae.max_steps_per_epoch > 0:
+        steps = min(steps, cfg.vae.max_steps_per_epoch)
+    if steps == 0:
+        share = f" in the smallest of {loader.world_size} shards" if loader.world_size > 1 else ""
+        raise WorldModelsError(
+            f"only {frames} training frames{share}, fewer than a batch of {loader.batch_size} "
+            f"(vae.batch_size={cfg.vae.batch_size}); collect more rollouts or lower vae.batch_size"
+        )
+    return steps
 
 
 def _check_vae_config(cfg: Config) -> None:
@@ -241,11 +267,20 @@ def _check_vae_config(cfg: Config) -> None:
 
 
 def train_vae(cfg: Config) -> Path:
-    """Train (or resume training) V on `cfg`'s rollouts; returns `checkpoints/<experiment>/vae.pt`."""
+    """Train (or resume training) V on `cfg`'s rollouts; returns `checkpoints/<experiment>/vae.pt`.
+
+    One process, or one of the processes `torchrun` started (data-parallel: see the module docstring).
+    """
     _check_vae_config(cfg)
+    with distributed_session(cfg.experiment.device) as world:
+        return _train_vae(cfg, world)
+
+
+def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     v = cfg.vae
-    device = resolve_device(cfg.experiment.device)
-    seed_everything(cfg.experiment.seed)
+    device = world.device
+    seed_everything(world.rank_seed(cfg.experiment.seed))
+    per_rank_batch = world.per_rank_batch(v.batch_size, "vae.batch_size")
     last_path, best_path = checkpoint_path(cfg, "vae"), best_checkpoint_path(cfg)
 
     model = ConvVAE(v.latent_size, v.batch_norm)
@@ -263,59 +298,65 @@ def train_vae(cfg: Config) -> Path:
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
         best_val_loss = checkpoint["best_val_loss"]
         if start_epoch >= v.epochs:
-            print(f"vae: all {v.epochs} epochs already done in {last_path}; nothing to train")
+            print_main(f"vae: all {v.epochs} epochs already done in {last_path}; nothing to train")
             return last_path
-        print(f"vae: resuming from {last_path} at epoch {start_epoch + 1} of {v.epochs}")
+        print_main(f"vae: resuming from {last_path} at epoch {start_epoch + 1} of {v.epochs}")
     # A learning rate changed with --set applies on resume too.
     for group in optimizer.param_groups:
         group["lr"] = v.learning_rate
+    train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
     train_paths, val_paths = split_episodes(require_episodes(cfg), v.val_fraction)
     if not val_paths:
-        print("vae: note: no episodes held out (one episode, or vae.val_fraction=0); validating on the training frames")
+        print_main("vae: note: no episodes held out (one episode, or vae.val_fraction=0); validating on the training frames")
         val_paths = train_paths
-    train_frames = _count_frames(train_paths)
-    steps_per_epoch = train_frames // v.batch_size
-    if v.max_steps_per_epoch > 0:
-        steps_per_epoch = min(steps_per_epoch, v.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise WorldModelsError(
-            f"only {train_frames} training frames, fewer than vae.batch_size={v.batch_size}; "
-            "collect more rollouts or lower vae.batch_size"
-        )
+    episode_lengths = _episode_lengths(train_paths)
+
+    def train_loader(epoch: int) -> FrameChunkLoader:
+        # Seeded by epoch, so a resumed run sees the batches an uninterrupted one would have.
+        return FrameChunkLoader(train_paths, per_rank_batch, v.episodes_per_chunk, cfg.experiment.seed * 100_003 + epoch,
+                                rank=world.rank, world_size=world.world_size)
+
+    steps_per_epoch = _steps_per_epoch(cfg, train_loader(start_epoch), episode_lengths)
     val_loader = FrameChunkLoader(val_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed, shuffle=False, drop_last=False)
     grid_frames = sample_frames(val_paths, GRID_FRAMES)
-    print(f"vae: {cfg.env.env_id} on {device}, {len(train_paths)} training episodes ({train_frames} frames, "
-          f"{steps_per_epoch} steps/epoch), {len(val_paths)} validation episodes; {v.recon_loss} loss, beta {v.beta}")
+    processes = f", {world.world_size} processes of {per_rank_batch} frames per batch" if world.world_size > 1 else ""
+    print_main(f"vae: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({int(episode_lengths.sum())} frames, "
+               f"{steps_per_epoch} steps/epoch), {len(val_paths)} validation episodes; {v.recon_loss} loss, beta {v.beta}")
 
-    writer = make_writer(cfg, "vae")
+    writer = make_writer(cfg, "vae") if world.is_main else None
     png_dir = experiment_dir(cfg, "logs") / "vae"
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, v.epochs):
-        # Seeded by epoch, so a resumed run sees the batches an uninterrupted one would have.
-        train_loader = FrameChunkLoader(train_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed * 100_003 + epoch)
+        loader = train_loader(epoch)
+        steps_per_epoch = _steps_per_epoch(cfg, loader, episode_lengths)
         sums = {"total": torch.zeros((), device=device), "recon": torch.zeros((), device=device), "kl": torch.zeros((), device=device)}
         start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"vae epoch {epoch + 1}/{v.epochs}", unit="step")
-        for step, frames_uint8 in enumerate(train_loader):
+        bar = tqdm(total=steps_per_epoch, desc=f"vae epoch {epoch + 1}/{v.epochs}", unit="step", disable=not world.is_main)
+        for step, frames_uint8 in enumerate(loader):
             if step >= steps_per_epoch:
                 break
             beta = annealed_beta(cfg, epoch + step / steps_per_epoch)
-            losses = training_step(model, optimizer, scaler, frames_uint8, beta, cfg, device)
+            losses = training_step(train_model, optimizer, scaler, frames_uint8, beta, cfg, device)
             for name in sums:
                 sums[name] += losses[name]
             global_step += 1
             bar.update(1)
             if step % 20 == 0:
-                writer.add_scalar("vae/beta", beta, global_step)
-                for name, value in losses.items():
-                    writer.add_scalar(f"vae/train/{name}_loss", value.item(), global_step)
-                bar.set_postfix(loss=f"{losses['total'].item():.1f}", beta=f"{beta:.2f}")
+                global_losses = world.mean(losses)
+                if world.is_main:
+                    writer.add_scalar("vae/beta", beta, global_step)
+                    for name, value in global_losses.items():
+                        writer.add_scalar(f"vae/train/{name}_loss", value, global_step)
+                    bar.set_postfix(loss=f"{global_losses['total']:.1f}", beta=f"{beta:.2f}")
         bar.close()
         images_per_second = steps_per_epoch * v.batch_size / (time.perf_counter() - start)
+        train_losses = world.mean({name: value / steps_per_epoch for name, value in sums.items()})
+        if not world.is_main:
+            continue  # rank 0 validates and writes; this rank waits for it at the next epoch's first all_reduce
 
         val = evaluate(model, val_loader, cfg, device)
-        metrics = {f"train_{name}_loss": (value / steps_per_epoch).item() for name, value in sums.items()}
+        metrics = {f"train_{name}_loss": value for name, value in train_losses.items()}
         metrics.update({f"val_{key}": value for key, value in val.items() if not isinstance(value, np.ndarray)})
         metrics["images_per_second"] = images_per_second
         for name in ("total", "recon", "kl"):
@@ -343,6 +384,8 @@ def train_vae(cfg: Config) -> Path:
               f"pixel acc {val['pixel_accuracy']:.3f}  active units {val['active_units']}/{v.latent_size}  "
               f"{images_per_second:.0f} img/s{'  (best)' if improved else ''}")
 
+    if not world.is_main:
+        return last_path
     traversal = latent_traversal(model, grid_frames[0], val["latent_mu_variance"], cfg, device)
     writer.add_image("vae/val/latent_traversal", traversal, global_step)
     save_png(traversal, png_dir / "latent_traversal.png")

@@ -14,6 +14,7 @@ the missing indices only, and a file either exists whole or not at all.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import zipfile
@@ -119,18 +120,32 @@ class FrameChunkLoader:
     Each pass shuffles the episode order, loads `episodes_per_chunk` episodes at a time (a background
     thread reads the next chunk while the model trains on this one), shuffles the frames within the
     chunk and yields `(B, 64, 64, 3) uint8` numpy batches by one fancy-index per batch.
+
+    Data-parallel training shards at the episode level: given the same seed, every one of `world_size`
+    loaders draws the same episode order and reads episodes order[rank::world_size], so each file is
+    read by one rank only, and each rank shuffles the frames of its own episodes.
     """
 
-    def __init__(self, paths: Sequence[Path], batch_size: int, episodes_per_chunk: int, seed: int, shuffle: bool = True, drop_last: bool = True):
+    def __init__(self, paths: Sequence[Path], batch_size: int, episodes_per_chunk: int, seed: int, shuffle: bool = True,
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
         if not paths:
             raise WorldModelsError("no episodes to load frames from")
         self.paths = list(paths)
         self.batch_size, self.episodes_per_chunk = batch_size, max(1, episodes_per_chunk)
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
         self.rng = np.random.default_rng(seed)
 
+    def _episode_order(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.permutation(len(self.paths)) if self.shuffle else np.arange(len(self.paths))
+
+    def next_pass_shards(self) -> list[np.ndarray]:
+        """Indices into `paths` of the episodes each rank reads in the next pass (draws no randomness)."""
+        order = self._episode_order(copy.deepcopy(self.rng))
+        return [order[rank :: self.world_size] for rank in range(self.world_size)]
+
     def _chunks(self) -> Iterator[np.ndarray]:
-        order = self.rng.permutation(len(self.paths)) if self.shuffle else np.arange(len(self.paths))
+        order = self._episode_order(self.rng)[self.rank :: self.world_size]
         for start in range(0, len(order), self.episodes_per_chunk):
             chunk = [self.paths[i] for i in order[start : start + self.episodes_per_chunk]]
             yield np.concatenate([load_episode(path, keys=("obs",))["obs"] for path in chunk])
