@@ -132,6 +132,7 @@ class EnvPool:
             self.action_space = next(iter(self.local.envs.values())).action_space
             return
         self.local = None
+        self.ray_address = ray_address()  # a replacement runs where the pool's other workers run
         self.handles = [self._start_worker(worker) for worker in range(self.workers)]
         for handle in self.handles:  # started all at once, so their env start-up overlaps
             handle.wait_ready()
@@ -146,10 +147,10 @@ class EnvPool:
 
     def _start_worker(self, worker: int) -> Any:
         slots = range(worker, self.num_envs, self.workers)
-        if ray_address():
+        if self.ray_address:
             from utils.ray_backend import RayEnvWorker
 
-            return RayEnvWorker(self.env_cfg, worker, slots, ray_address())
+            return RayEnvWorker(self.env_cfg, worker, slots, self.ray_address)
         return _ProcessWorker(self.env_cfg, worker, slots)
 
     def pids(self) -> list[int]:
