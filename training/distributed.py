@@ -20,6 +20,7 @@ losses it logs are means over all ranks (`mean`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
@@ -33,6 +34,12 @@ from training.train_utils import resolve_device
 from utils.errors import WorldModelsError
 
 Items = TypeVar("Items", bound=Sequence)
+
+# How long a rank waits for the others at a collective. Rank 0 alone encodes M's latent cache (every frame
+# through V) while the others wait at a barrier: at the paper's scale that is minutes of disk reads,
+# beyond the 10-minute default of nccl. A crashed rank does not make the others wait this long: torchrun
+# stops every process of the run when one fails.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 # Rank r > 0 seeds its noise (the VAE's reparameterisation, M's latent samples) with seed + r * this, so
 # ranks draw independent noise; rank 0 keeps the configured seed, so a 1-process run is unchanged.
@@ -150,7 +157,7 @@ def distributed_session(device_spec: str = "auto") -> Iterator[DistributedContex
     owns_group = not dist.is_initialized()
     if owns_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
     try:
         yield DistributedContext(device, rank=dist.get_rank(), world_size=dist.get_world_size())
     finally:
