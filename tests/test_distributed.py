@@ -88,6 +88,7 @@ def _two_process_worker(rank: int, port: int, root: Path, batches: list[np.ndarr
         with distributed_session("cpu") as world:
             assert world.world_size == 2 and world.rank == rank and world.is_main == (rank == 0)
             model = tiny_posterior_vae()
+            # The DDP wrapper lives only in this call: it must be gone before the session leaves the group.
             train_steps(world.wrap(model), model, [world.shard(batch) for batch in batches])
             torch.save(model.state_dict(), root / f"rank{rank}.pt")
             train_vae(make_cfg(root, "ddp"))

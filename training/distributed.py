@@ -138,7 +138,8 @@ def distributed_session(device_spec: str = "auto") -> Iterator[DistributedContex
 
     Joins the group (and leaves it on exit) when torchrun's WORLD_SIZE > 1 and no group exists yet; a
     group made by the caller is reused and left alone. `device_spec` is the configured device: under
-    torchrun `cuda` means cuda:LOCAL_RANK.
+    torchrun `cuda` means cuda:LOCAL_RANK. Keep the DDP wrapper in a function called inside the block
+    (as the stages do), so it is freed before the group is destroyed.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_spec)
