@@ -1,12 +1,19 @@
-"""Scaling out (issue #8): the Ray backend gives the local backend's results, and lost workers are retried."""
+"""Scaling out (issue #8): the Ray backend gives the local backend's results, and lost workers are retried.
+
+A real run uses one backend per process; here both share one. Everything that forks local worker
+processes runs before the Ray instance starts (a process running Ray's threads is no safe place to
+fork), so the local-process tests come first in this file and Ray starts with the first test asking.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +31,9 @@ from utils.environment import make_frame_env
 from utils.errors import WorldModelsError
 from utils.workers import configure_backend, parallel_map, ray_address
 
+ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"processes": "", "ray": "local"}
+COLLECT_OVERRIDES = ["collect.num_rollouts=4", "collect.workers=2", "env.max_episode_steps=50"]
 
 
 @pytest.fixture(scope="module")
@@ -39,47 +48,17 @@ def ray_instance():
 
 
 @pytest.fixture
-def use_backend(ray_instance):
+def use_backend():
     """Switch this process's worker backend; the local default is back after the test."""
     yield lambda name: configure_backend(ExperimentConfig(ray_address=BACKENDS[name]))
     configure_backend(ExperimentConfig())
 
 
-def test_collection_on_ray_writes_the_same_episodes_as_local_processes(tmp_path, use_backend):
-    overrides = ["collect.num_rollouts=4", "collect.workers=2", "env.max_episode_steps=50"]
-    folders = {}
-    for name in BACKENDS:
-        use_backend(name)
-        folders[name] = collect(isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides), tmp_path / name))
-    local, on_ray = (list_episodes(folders[name]) for name in BACKENDS)
-    assert [p.name for p in local] == [p.name for p in on_ray] == [f"ep_{i:06d}.npz" for i in range(4)]
-    for local_path, ray_path in zip(local, on_ray):
-        local_episode, ray_episode = load_episode(local_path), load_episode(ray_path)
-        assert local_episode.keys() == ray_episode.keys()
-        for key in local_episode:
-            np.testing.assert_array_equal(local_episode[key], ray_episode[key])
-
-
-def _one_generation(pool: EnvPool, policy, num_params: int) -> np.ndarray:
-    """Fitness (population,) of one CMA-ES generation: 4 candidates x 2 seeded rollouts each."""
-    population, rollouts = 4, 2
-    solutions = CMAES(num_params, sigma=0.5, population_size=population, seed=0).ask()
-    returns, _, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), np.tile([21, 22], population))
-    return returns.reshape(population, rollouts).mean(axis=1)
-
-
-def _kill_worker_mid_generation(pool: EnvPool, worker: int, after_steps: int) -> None:
-    """SIGKILL `worker` right after its `after_steps`-th step command was sent: the step is in flight."""
-    step_async, sent = pool.step_async, []
-
-    def step_async_then_kill(target: int, slots, actions) -> None:
-        step_async(target, slots, actions)
-        if target == worker:
-            sent.append(target)
-            if len(sent) == after_steps:
-                os.kill(pool.pids()[worker], signal.SIGKILL)
-
-    pool.step_async = step_async_then_kill
+@pytest.fixture(scope="module")
+def local_rollouts(tmp_path_factory) -> list[Path]:
+    """Episodes collected by 2 local worker processes: what the Ray backend must reproduce."""
+    root = tmp_path_factory.mktemp("local")
+    return list_episodes(collect(isolate(get_config("LunarLander-v3", preset="smoke", overrides=COLLECT_OVERRIDES), root)))
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +76,73 @@ def reference_fitness(generation_setup):
         return _one_generation(pool, policy, num_params)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("killed", [False, True], ids=["intact", "worker_killed"])
-def test_a_cma_es_generation_gives_the_same_fitness_on_every_backend(use_backend, generation_setup, reference_fitness,
-                                                                      backend, killed):
+def _one_generation(pool: EnvPool, policy, num_params: int) -> np.ndarray:
+    """Fitness (population,) of one CMA-ES generation: 4 candidates x 2 seeded rollouts each."""
+    population, rollouts = 4, 2
+    solutions = CMAES(num_params, sigma=0.5, population_size=population, seed=0).ask()
+    returns, _, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), np.tile([21, 22], population))
+    return returns.reshape(population, rollouts).mean(axis=1)
+
+
+def _generation_on(backend: str, killed: bool, use_backend, generation_setup) -> tuple[np.ndarray, list[int], list[int]]:
+    """One generation's fitness on 2 workers of `backend`, with worker 1 SIGKILLed right after its 10th
+    step command was sent when `killed` (the step is in flight); also the workers' pids before and after."""
     cfg, policy, num_params = generation_setup
     use_backend(backend)
     with EnvPool(cfg.env, num_envs=8, workers=2) as pool:
-        first_pids = pool.pids()
-        if killed:
-            _kill_worker_mid_generation(pool, worker=1, after_steps=10)
-        fitness = _one_generation(pool, policy, num_params)
-        pids = pool.pids()
+        first_pids, step_async, sent = pool.pids(), pool.step_async, []
+
+        def step_async_then_kill(worker: int, slots, actions) -> None:
+            step_async(worker, slots, actions)
+            if worker == 1:
+                sent.append(worker)
+                if killed and len(sent) == 10:
+                    os.kill(pool.pids()[1], signal.SIGKILL)
+
+        pool.step_async = step_async_then_kill
+        return _one_generation(pool, policy, num_params), first_pids, pool.pids()
+
+
+# ------------------------------------------------------------------ local processes (before Ray starts)
+# Local processes with no worker killed: tests/test_controller.py (batched equals one at a time).
+def test_a_generation_survives_a_killed_local_worker_process(use_backend, generation_setup, reference_fitness):
+    fitness, first_pids, pids = _generation_on("processes", True, use_backend, generation_setup)
+    np.testing.assert_array_equal(fitness, reference_fitness)
+    assert pids[0] == first_pids[0] and pids[1] != first_pids[1], "the killed worker is replaced, the other kept"
+
+
+def test_asking_for_ray_without_ray_installed_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(WorldModelsError, match=r"Ray is not installed; run `pip install -r requirements-distributed.txt`"):
+        configure_backend(ExperimentConfig(ray_address="auto"))
+    assert ray_address() == "", "a failed request leaves the local backend in place"
+
+
+# -------------------------------------------------------------------------------------------------- Ray
+def test_collection_cli_on_ray_writes_the_same_episodes_as_local_processes(local_rollouts, ray_instance, tmp_path):
+    # The CLI run as `python -m` joins this module's Ray instance ("auto"): the stage's functions then
+    # live in `__main__`, and the actors write under the driver's working directory.
+    command = [sys.executable, "-m", "training.collect", "--env", "LunarLander-v3", "--preset", "smoke", "--ray-address", "auto"]
+    result = subprocess.run([*command, *(arg for override in COLLECT_OVERRIDES for arg in ("--set", override))],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    on_ray = list_episodes(tmp_path / "data" / "lunarlander-v3" / "rollouts")
+    assert [p.name for p in local_rollouts] == [p.name for p in on_ray] == [f"ep_{i:06d}.npz" for i in range(4)]
+    for local_path, ray_path in zip(local_rollouts, on_ray):
+        local_episode, ray_episode = load_episode(local_path), load_episode(ray_path)
+        assert local_episode.keys() == ray_episode.keys()
+        for key in local_episode:
+            np.testing.assert_array_equal(local_episode[key], ray_episode[key])
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["intact", "actor_killed"])
+def test_a_cma_es_generation_on_ray_gives_the_local_fitness(ray_instance, use_backend, generation_setup,
+                                                            reference_fitness, killed):
+    fitness, first_pids, pids = _generation_on("ray", killed, use_backend, generation_setup)
     np.testing.assert_array_equal(fitness, reference_fitness)
     assert pids[0] == first_pids[0]
-    assert (pids[1] != first_pids[1]) == killed, "the killed worker is replaced, the others kept"
+    assert (pids[1] != first_pids[1]) == killed, "the killed actor is replaced, the other kept"
 
 
 def _slow_item(item: int) -> tuple[int, int]:
@@ -119,7 +150,7 @@ def _slow_item(item: int) -> tuple[int, int]:
     return item, os.getpid()
 
 
-def test_parallel_map_on_ray_returns_every_item_once_when_an_actor_is_killed(use_backend):
+def test_parallel_map_on_ray_returns_every_item_once_when_an_actor_is_killed(ray_instance, use_backend):
     use_backend("ray")
     items, pids = [], set()
     for item, pid in parallel_map(_slow_item, list(range(10)), workers=2):
@@ -131,15 +162,8 @@ def test_parallel_map_on_ray_returns_every_item_once_when_an_actor_is_killed(use
     assert len(pids) == 3, "two actors, then a fresh one in place of the killed one"
 
 
-def test_ray_address_flag_sets_the_backend(use_backend):
+def test_ray_address_flag_sets_the_backend(ray_instance, use_backend):
     parser = argparse.ArgumentParser()
     add_common_args(parser)
     cfg = config_from_args(parser.parse_args(["--env", "LunarLander-v3", "--ray-address", "local"]))
     assert cfg.experiment.ray_address == ray_address() == "local"
-
-
-def test_asking_for_ray_without_ray_installed_names_the_install_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    with pytest.raises(WorldModelsError, match=r"Ray is not installed; run `pip install -r requirements-distributed.txt`"):
-        configure_backend(ExperimentConfig(ray_address="auto"))
-    assert ray_address() == "", "a failed request leaves the local backend in place"

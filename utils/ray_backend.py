@@ -6,8 +6,8 @@ the head node there. Ray is an optional dependency, imported only here and only 
 
 Actors import the project's modules and read and write the configured folders (rollouts, checkpoints),
 so every node needs the repository and those folders at the driver's paths: one checkout and a shared
-filesystem. Ray adds the driver's working directory to the actors' import path; a map actor also
-changes into it, so relative folders in the config mean the same on every node.
+filesystem. The repository goes on the actors' import path, and a map actor changes into the driver's
+working directory, so relative folders in the config mean the same on every node.
 
 Both uses survive a lost actor: a map resubmits the item the dead actor held to a fresh one, and
 `EnvPool` replays the dead env worker's episodes (it sees `WorkerDied`, as for a local process).
@@ -16,8 +16,11 @@ Both uses survive a lost actor: a map resubmits the item the dead actor held to 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import sys
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from config import EnvConfig
@@ -26,6 +29,7 @@ from utils.errors import WorldModelsError
 from utils.workers import MAX_RESTARTS, WorkerDied
 
 INSTALL_COMMAND = "pip install -r requirements-distributed.txt"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def import_ray() -> Any:
@@ -43,8 +47,11 @@ def connect(address: str) -> Any:
     ray = import_ray()
     if not ray.is_initialized():
         options = {"include_dashboard": False} if address == "local" else {}  # the dashboard costs seconds to start
+        # Ray puts the driver's working directory on the actors' import path, which is not always the
+        # repository (`python -m training.collect` run from a data folder): put the repository there too.
+        runtime_env = {"env_vars": {"PYTHONPATH": f"{REPOSITORY}{os.pathsep}${{PYTHONPATH}}"}}
         try:
-            ray.init(address=address, **options)
+            ray.init(address=address, runtime_env=runtime_env, **options)
         except ConnectionError as error:
             raise WorldModelsError(f"no Ray cluster at experiment.ray_address={address!r} ({error}); start one with "
                                    "`ray start --head`, or use --ray-address local") from error
@@ -54,6 +61,19 @@ def connect(address: str) -> Any:
 def cluster_cpus(address: str) -> int:
     """CPUs in the whole cluster: the number of workers that run at once."""
     return max(1, int(connect(address).cluster_resources().get("CPU", 1)))
+
+
+def _by_import_name(function: Optional[Callable[..., Any]]) -> Optional[Callable[..., Any]]:
+    """`function`, or when it was defined in a script run as `__main__` (`python -m training.collect`,
+    `python evaluate.py`) the same function imported under the script's module name. Ray copies
+    `__main__` functions by value, each with its own copy of the module's globals, so the state an
+    initializer leaves in a global would never reach the mapped function; by name, both share the
+    module the actor imports."""
+    if function is None or function.__module__ != "__main__":
+        return function
+    main = sys.modules["__main__"]
+    module_name = main.__spec__.name if main.__spec__ is not None else Path(main.__file__).stem
+    return getattr(importlib.import_module(module_name), function.__qualname__)
 
 
 def _crashed(ray: Any, error: Exception) -> bool:
@@ -87,7 +107,8 @@ class _EnvActor(_Actor, LocalEnvs):
 
 @functools.lru_cache(maxsize=None)
 def _remote(actor_class: type) -> Any:
-    # One CPU each, so a cluster runs as many actors at once as it has cores, as the local pool does.
+    # One CPU each: Ray spreads the actors over the nodes by free cores (`default_workers` asks for no
+    # more actors than the cluster has cores).
     return import_ray().remote(num_cpus=1)(actor_class)
 
 
@@ -96,8 +117,7 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: 
     """`utils.workers.parallel_map` on Ray actors: every item's result exactly once, in completion order,
     even when actors die mid-map (each holds one item at a time; a lost one goes to a fresh actor)."""
     ray = connect(address)
-    # An actor that cannot be scheduled would hold its item forever: no more actors than the cluster runs.
-    workers = min(workers, cluster_cpus(address))
+    function, initializer = _by_import_name(function), _by_import_name(initializer)
     actor_class = _remote(_MapActor)
     waiting = deque(range(len(items)))
     in_flight: dict[Any, tuple[Any, int]] = {}  # result ref -> (actor, item index)

@@ -42,14 +42,16 @@ def ray_address() -> str:
 
 
 def default_workers(requested: int) -> int:
-    """0 means one worker per CPU core: this machine's, or the whole Ray cluster's."""
-    if requested > 0:
-        return requested
-    if ray_address():
-        from utils import ray_backend
+    """0 means one worker per CPU core: this machine's, or the whole Ray cluster's. On Ray, never more
+    than the cluster's cores: each actor holds one, and one that cannot be placed would wait forever."""
+    if not ray_address():
+        return requested if requested > 0 else (os.cpu_count() or 1)
+    if requested == 1:
+        return 1  # runs in this process: no need to reach the cluster
+    from utils import ray_backend
 
-        return ray_backend.cluster_cpus(ray_address())
-    return os.cpu_count() or 1
+    cores = ray_backend.cluster_cpus(ray_address())
+    return min(requested, cores) if requested > 0 else cores
 
 
 def parallel_map(
