@@ -34,6 +34,9 @@ from utils.workers import configure_backend, parallel_map, ray_address
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"processes": "", "ray": "local"}
 COLLECT_OVERRIDES = ["collect.num_rollouts=4", "collect.workers=2", "env.max_episode_steps=50"]
+# A hang inside Ray's C++ core would not see pytest's usual SIGALRM timeout: the thread method ends the
+# run with every thread's stack instead of letting CI wait out its limit.
+pytestmark = pytest.mark.timeout(180, method="thread")
 
 
 @pytest.fixture(scope="module")
