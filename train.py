@@ -28,6 +28,7 @@ from training.train_vae import train_vae
 from utils.data import require_episodes, rollout_dir
 from utils.environment import resolve_env_id
 from utils.errors import WorldModelsError
+from utils.workers import configure_backend
 
 STAGES = ("collect", "vae", "mdnrnn", "controller")
 
@@ -54,6 +55,7 @@ def _require_artifact(cfg: Config, stage: str) -> None:
 def run_pipeline(cfg: Config, skip: frozenset[str] = frozenset(), force: frozenset[str] = frozenset()) -> dict[str, Path]:
     """Run the stages in order. `force` redoes a stage and every stage after it (they depend on it)."""
     cfg.env.env_id = resolve_env_id(cfg.env.env_id)
+    configure_backend(cfg.experiment)  # local processes or Ray, for callers that skip the CLI's config_from_args
     first_forced = min((STAGES.index(stage) for stage in force), default=len(STAGES))
     for stage in STAGES:  # before any work: a skipped stage's output must already be there
         if stage in skip:
