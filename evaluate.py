@@ -100,6 +100,9 @@ def _trained_config(cfg: Config, stage: str) -> Config:
                                + (f" --experiment {cfg.experiment.name}" if cfg.experiment.name else ""))
     trained = checkpoint_config(load_checkpoint(path, stage, cfg.env.env_id))
     trained.experiment = cfg.experiment
+    # How frames look is V's (the checkpoint's); how long an evaluation episode may run is this command's,
+    # so every method plays the same task even when C was trained on shortened episodes.
+    trained.env.max_episode_steps = cfg.env.max_episode_steps
     return trained
 
 

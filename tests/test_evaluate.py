@@ -99,3 +99,11 @@ def test_dream_evaluation_needs_a_world_models_agent(tmp_path):
     cfg = isolate(get_config("LunarLander-v3", preset="smoke"), tmp_path)
     with pytest.raises(WorldModelsError, match="--dream plays a World Models agent"):
         evaluate(cfg, "ppo", episodes=2, dream=True)
+
+
+@pytest.mark.slow
+def test_the_command_sets_the_evaluation_episode_length(trained_lunar):
+    """C was trained on 60-step episodes; the evaluation's cap is the command's, for every method."""
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=25"]), trained_lunar)
+    result = evaluate(cfg, "world_models", episodes=3, workers=1)
+    assert max(row["length"] for row in result["rows"]) == 25
