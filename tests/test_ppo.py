@@ -176,6 +176,19 @@ def test_atari_envs_stack_84x84_frames_and_clip_rewards_only_for_training(tmp_pa
     assert isinstance(next(w for w in _wrapper_chain(train_env) if isinstance(w, EpisodicLife)), EpisodicLife)
 
 
+def test_whole_game_evaluation_serves_after_a_lost_life(tmp_path):
+    """A policy that never presses FIRE still loses its 5 Breakout lives quickly, instead of standing
+    still after the first one until the 27,000-step time limit."""
+    env = make_ppo_eval_env(tiny_config(tmp_path, "ALE/Breakout-v5"), seed=0)
+    env.reset(seed=0)
+    for step in itertools.count(1):
+        _, _, terminated, truncated, _ = env.step(0)  # NOOP forever
+        if terminated or truncated:
+            break
+    assert terminated and step < 3000 and env.unwrapped.ale.lives() == 0
+    env.close()
+
+
 def _wrapper_chain(env: gym.Env) -> list[gym.Env]:
     chain = [env]
     while hasattr(chain[-1], "env"):

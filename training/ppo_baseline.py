@@ -117,6 +117,26 @@ class FireReset(gym.Wrapper):
         return observation, info
 
 
+class FireOnLifeLoss(gym.Wrapper):
+    """Evaluation only: press FIRE after a lost life. In training a lost life ends the learner's episode
+    and `FireReset` serves; in a whole-game evaluation nothing would, and a deterministic policy that
+    never learned to press FIRE would stand still until the time limit (27,000 steps in Breakout)."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        observation, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return observation, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives and not (terminated or truncated):
+            observation, serve_reward, terminated, truncated, info = self.env.step(1)
+            reward += serve_reward
+        self.lives = lives
+        return observation, reward, terminated, truncated, info
+
+
 # ------------------------------------------------------------------------------------- environments
 @lru_cache(maxsize=None)
 def is_image_env(env_id: str) -> bool:
@@ -161,7 +181,7 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None)
         if training:
             env = EpisodicLife(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
-            env = FireReset(env)
+            env = FireReset(env if training else FireOnLifeLoss(env))
         if training:
             env = TransformReward(env, lambda reward: float(np.sign(reward)))
     else:
