@@ -24,13 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import untrained_policy  # noqa: E402
 from config import get_config  # noqa: E402
-from models.agent import WorldModelAgent, WorldModelPolicy  # noqa: E402
-from models.mdnrnn import MDNRNN  # noqa: E402
-from models.vae import ConvVAE  # noqa: E402
-from training.train_controller import make_controller, run_episodes  # noqa: E402
+from models.agent import WorldModelAgent  # noqa: E402
+from training.train_controller import run_episodes  # noqa: E402
 from utils.env_pool import EnvPool  # noqa: E402
-from utils.environment import action_size, make_env, make_frame_env, run_episode  # noqa: E402
+from utils.environment import make_env, make_frame_env, run_episode  # noqa: E402
 
 
 def raw_step_rate(env_id: str, steps: int) -> float:
@@ -54,12 +53,8 @@ def main() -> None:
     population, rollouts, max_steps = (8, 1, 100) if args.quick else (16, 2, 200)
     cfg = get_config(args.env, overrides=[f"env.max_episode_steps={max_steps}"])
     env = make_frame_env(cfg.env)
-    torch.manual_seed(0)
-    vae = ConvVAE(cfg.vae.latent_size)
-    mdnrnn = MDNRNN(cfg.vae.latent_size, action_size(env.action_space), cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
-    controller = make_controller(cfg, env.action_space)
-    policy = WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, env.action_space)
-    params = np.random.default_rng(0).normal(0, 0.1, (population, controller.num_parameters)).astype(np.float32)
+    policy, num_params = untrained_policy(cfg, env.action_space)
+    params = np.random.default_rng(0).normal(0, 0.1, (population, num_params)).astype(np.float32)
     seeds = np.arange(rollouts) + 1000
 
     single_threads = torch.get_num_threads()

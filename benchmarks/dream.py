@@ -27,14 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import untrained_policy  # noqa: E402
 from config import get_config  # noqa: E402
-from models.agent import WorldModelPolicy  # noqa: E402
-from models.mdnrnn import MDNRNN  # noqa: E402
-from models.vae import ConvVAE  # noqa: E402
 from training.dream import dream_generator, dream_rollouts, sample_start_latents  # noqa: E402
-from training.train_controller import make_controller, run_episodes  # noqa: E402
+from training.train_controller import run_episodes  # noqa: E402
 from utils.env_pool import EnvPool  # noqa: E402
-from utils.environment import action_size, make_frame_env  # noqa: E402
+from utils.environment import make_frame_env  # noqa: E402
 
 
 def main() -> None:
@@ -51,18 +49,14 @@ def main() -> None:
     env = make_frame_env(cfg.env)
     action_space = env.action_space
     env.close()
-    torch.manual_seed(0)
-    vae = ConvVAE(cfg.vae.latent_size)
-    mdnrnn = MDNRNN(cfg.vae.latent_size, action_size(action_space), cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
+    policy, num_params = untrained_policy(cfg, action_space)
     with torch.no_grad():
-        mdnrnn.head.bias[-1] = -10.0
-    controller = make_controller(cfg, action_space)
-    policy = WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space)
+        policy.mdnrnn.head.bias[-1] = -10.0
     rng = np.random.default_rng(0)
 
     # Dream: the whole generation as one batch.
     episodes = dream_population * dream_rollouts_per
-    params = torch.as_tensor(rng.normal(0, 0.1, (episodes, controller.num_parameters)), dtype=torch.float32)
+    params = torch.as_tensor(rng.normal(0, 0.1, (episodes, num_params)), dtype=torch.float32)
     generator = dream_generator(0, "fitness", 0, "cpu")
     start_mu, start_logvar = torch.randn(100, cfg.vae.latent_size), torch.full((100, cfg.vae.latent_size), -2.0)
     start_z = sample_start_latents(start_mu, start_logvar, dream_rollouts_per, generator).repeat(dream_population, 1)
@@ -74,7 +68,7 @@ def main() -> None:
 
     # Real: the batched evaluator of stage 4's real mode.
     real_episodes = real_population * real_rollouts
-    real_params = rng.normal(0, 0.1, (real_episodes, controller.num_parameters)).astype(np.float32)
+    real_params = rng.normal(0, 0.1, (real_episodes, num_params)).astype(np.float32)
     seeds = np.tile(np.arange(real_rollouts) + 1000, real_population)
     with EnvPool(cfg.env, real_episodes, args.workers) as pool:
         start = time.perf_counter()

@@ -30,13 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import untrained_policy  # noqa: E402
 from config import ExperimentConfig, get_config  # noqa: E402
-from models.agent import WorldModelPolicy  # noqa: E402
-from models.mdnrnn import MDNRNN  # noqa: E402
-from models.vae import ConvVAE  # noqa: E402
-from training.train_controller import make_controller, run_episodes  # noqa: E402
+from training.train_controller import run_episodes  # noqa: E402
 from utils.env_pool import EnvPool  # noqa: E402
-from utils.environment import action_size, make_frame_env  # noqa: E402
+from utils.environment import make_frame_env  # noqa: E402
 from utils import ray_backend  # noqa: E402
 from utils.workers import configure_backend  # noqa: E402
 
@@ -53,12 +51,8 @@ def main() -> None:
     generations = args.generations or (2 if args.quick else 3)
     cfg = get_config(args.env, overrides=[f"env.max_episode_steps={max_steps}"])
     env = make_frame_env(cfg.env)
-    torch.manual_seed(0)
-    vae = ConvVAE(cfg.vae.latent_size)
-    mdnrnn = MDNRNN(cfg.vae.latent_size, action_size(env.action_space), cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
-    controller = make_controller(cfg, env.action_space)
-    policy = WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, env.action_space)
-    params = np.random.default_rng(0).normal(0, 0.1, (population, controller.num_parameters)).astype(np.float32)
+    policy, num_params = untrained_policy(cfg, env.action_space)
+    params = np.random.default_rng(0).normal(0, 0.1, (population, num_params)).astype(np.float32)
     episode_params, seeds = np.repeat(params, rollouts, axis=0), np.tile(np.arange(rollouts) + 1000, population)
     # As stage 4 does with env workers: they need the cores while V, M and C run.
     torch.set_num_threads(1)
