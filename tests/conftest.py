@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,6 +25,32 @@ def isolate(cfg: Config, root: Path) -> Config:
     cfg.experiment.video_dir = str(root / "videos")
     cfg.experiment.results_dir = str(root / "results")
     return cfg
+
+
+# V and M for unit tests: a couple of optimiser steps on a few short episodes. Modules add their own
+# episode count and lengths on top.
+TINY_PIPELINE_OVERRIDES = [
+    "collect.workers=1", "vae.epochs=1", "vae.max_steps_per_epoch=2", "vae.batch_size=16",
+    "mdnrnn.epochs=1", "mdnrnn.batch_size=4", "mdnrnn.hidden_size=32", "mdnrnn.val_fraction=0.3",
+    "experiment.device=cpu",
+]
+
+
+def tiny_pipeline_config(root: Path, name: str, overrides: Sequence[str] = ()) -> Config:
+    """LunarLander smoke config with `TINY_PIPELINE_OVERRIDES` then `overrides`, experiment `name`, under `root`."""
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=TINY_PIPELINE_OVERRIDES + list(overrides)), root)
+    cfg.experiment.name = name
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a 2-core machine: one thread is far faster than two fighting for busy cores, and
+    the 2-process tests need one core each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from config import Config, get_config
-from conftest import isolate
+from conftest import tiny_pipeline_config
 from models.vae import ConvVAE
 from training.collect import collect
 from training.distributed import DistributedContext, distributed_session
@@ -26,27 +26,12 @@ from training.train_vae import load_vae, train_vae, training_step
 from utils.data import FrameChunkLoader, list_episodes, load_episode, rollout_dir
 from utils.errors import WorldModelsError
 
-OVERRIDES = [
-    "collect.num_rollouts=6", "collect.workers=1", "env.max_episode_steps=40",
-    "vae.epochs=1", "vae.max_steps_per_epoch=2", "vae.batch_size=16",
-    "mdnrnn.epochs=1", "mdnrnn.sequence_length=8", "mdnrnn.batch_size=4", "mdnrnn.hidden_size=32",
-    "mdnrnn.val_fraction=0.3", "experiment.device=cpu",
-]
+OVERRIDES = ["collect.num_rollouts=6", "env.max_episode_steps=40", "mdnrnn.sequence_length=8"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_cfg(root: Path, name: str, overrides: list[str] = ()) -> Config:
-    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=OVERRIDES + list(overrides)), root)
-    cfg.experiment.name = name
-    return cfg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two processes on a 2-core machine: one thread each, and the same for the 1-process runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return tiny_pipeline_config(root, name, OVERRIDES + list(overrides))
 
 
 @pytest.fixture(scope="module")

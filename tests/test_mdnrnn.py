@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from config import Config, get_config
 from models.mdnrnn import MDNRNN, mdn_nll, sample_next_z
-from tests.conftest import isolate
+from tests.conftest import TINY_PIPELINE_OVERRIDES, isolate, tiny_pipeline_config
 from training.collect import collect
 from training.train_mdnrnn import (
     LatentCache,
@@ -32,27 +32,12 @@ from training.train_vae import load_vae, train_vae
 from utils.data import load_episode, require_episodes
 from utils.errors import WorldModelsError
 
-PIPELINE_OVERRIDES = [
-    "collect.num_rollouts=3", "collect.workers=1", "env.max_episode_steps=60",
-    "vae.epochs=1", "vae.max_steps_per_epoch=2", "vae.batch_size=16",
-    "mdnrnn.epochs=1", "mdnrnn.sequence_length=16", "mdnrnn.batch_size=4", "mdnrnn.hidden_size=32",
-    "mdnrnn.val_fraction=0.3", "experiment.device=cpu",
-]
+PIPELINE_OVERRIDES = ["collect.num_rollouts=3", "env.max_episode_steps=60", "mdnrnn.sequence_length=16"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pipeline_config(root: Path, name: str, overrides: list[str] = ()) -> Config:
-    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=PIPELINE_OVERRIDES + list(overrides)), root)
-    cfg.experiment.name = name
-    return cfg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny: on a busy machine, one thread is up to 20x faster than two fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return tiny_pipeline_config(root, name, PIPELINE_OVERRIDES + list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +247,7 @@ def test_cli_smoke_trains_and_load_mdnrnn_serves_the_model(experiment, capsys):
     cfg = experiment("cli")
     folders = [f"experiment.{key}={getattr(cfg.experiment, key)}" for key in ("data_dir", "checkpoint_dir", "log_dir")]
     main(["--env", "LunarLander-v3", "--preset", "smoke", "--experiment", "cli",
-          *[arg for override in folders + PIPELINE_OVERRIDES for arg in ("--set", override)]])
+          *[arg for override in folders + TINY_PIPELINE_OVERRIDES + PIPELINE_OVERRIDES for arg in ("--set", override)]])
     assert "val prediction error" in capsys.readouterr().out
     assert (experiment_dir(cfg, "logs") / "mdnrnn" / "predictions.png").is_file()
     model = load_mdnrnn(cfg, "cpu", vae=load_vae(cfg, "cpu"))
