@@ -79,6 +79,10 @@ class VAEConfig:
     beta: float = 4.0
     beta_warmup_epochs: float = 5.0  # beta rises linearly from 0 over this many epochs; 0 = no annealing
     kl_tolerance: float = 0.0  # free bits per latent dim (paper: 0.5); 0 = off
+    # > 0: a pixel's reconstruction loss weighs 1 + this x its distance from the data's mean frame, so a
+    # small moving object (LunarLander's lander: 16 of 4,096 pixels) is not traded away for the
+    # background; 0 = every pixel alike (the paper).
+    foreground_weight: float = 0.0
     learning_rate: float = 1e-4
     batch_size: int = 128
     epochs: int = 20

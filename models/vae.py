@@ -13,7 +13,7 @@ Frames stay uint8 until they are on the device; `frames_to_input` does the cast 
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -112,6 +112,7 @@ def vae_loss(
     beta: float,
     recon: str = "bce",
     kl_tolerance: float = 0.0,
+    pixel_weight: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """The beta-VAE loss: recon + beta * KL, each a scalar averaged over the batch.
 
@@ -121,7 +122,10 @@ def vae_loss(
     KL(q(z|x) || N(0, I)) is summed over latent dims. With kl_tolerance > 0 each sample's KL is clamped
     below at kl_tolerance * latent_size (the paper code's free bits): the encoder gets no gradient to
     shrink the KL under that budget, which keeps latents from collapsing early.
-    Returns {"total", "recon", "kl"} where total = recon + beta * kl (kl after clamping).
+    pixel_weight: None, or (B, 1, 64, 64) weights of each pixel's reconstruction loss
+    (`foreground_weights`); the weighted sum then enters total in place of recon.
+    Returns {"total", "recon", "kl"} where total = recon + beta * kl (kl after clamping); recon is always
+    the unweighted sum, so runs with and without weights compare.
     """
     if recon not in RECON_LOSSES:
         raise WorldModelsError(f"unknown vae.recon_loss {recon!r}; valid: {', '.join(RECON_LOSSES)}")
@@ -132,11 +136,21 @@ def vae_loss(
     else:
         per_pixel = (torch.sigmoid(recon_logits) - target) ** 2
     recon_loss = per_pixel.flatten(1).sum(1).mean()
+    fitted_recon = recon_loss if pixel_weight is None else (per_pixel * pixel_weight).flatten(1).sum(1).mean()
     kl_per_sample = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     if kl_tolerance > 0:
         kl_per_sample = kl_per_sample.clamp(min=kl_tolerance * mu.shape[1])
     kl_loss = kl_per_sample.mean()
-    return {"total": recon_loss + beta * kl_loss, "recon": recon_loss, "kl": kl_loss}
+    return {"total": fitted_recon + beta * kl_loss, "recon": recon_loss, "kl": kl_loss}
+
+
+def foreground_weights(target: torch.Tensor, background: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-pixel loss weights 1 + strength * max over channels |target - background|.
+
+    target: (B, 3, 64, 64) in [0, 1]; background: (3, 64, 64) in [0, 1], the data's mean frame.
+    Returns (B, 1, 64, 64) float32 in [1, 1 + strength].
+    """
+    return 1.0 + strength * (target.float() - background.float()).abs().amax(dim=1, keepdim=True)
 
 
 def _self_check() -> None:

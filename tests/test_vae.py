@@ -13,7 +13,7 @@ import torch
 
 from config import Config, get_config
 from conftest import isolate
-from models.vae import ConvVAE, frames_to_input, vae_loss
+from models.vae import ConvVAE, foreground_weights, frames_to_input, vae_loss
 from training import train_vae as train_vae_module
 from training.collect import collect
 from training.train_utils import checkpoint_path, experiment_dir
@@ -110,6 +110,24 @@ def test_mse_loss_and_free_bits_match_hand_computation():
     assert losses["total"].item() == pytest.approx(sum(mse) / 2 + 0.5 * sum(clamped) / 2, rel=1e-5)
     with pytest.raises(WorldModelsError, match="valid: bce, mse"):
         vae_loss(*_loss_inputs(), beta=1.0, recon="l1")
+
+
+def test_foreground_weights_scale_each_pixel_loss_by_its_distance_from_the_background():
+    # Pixel 0 of each image equals the background (weight 1); pixel 1 is 0.6 from it in one channel.
+    background = torch.zeros(3, 1, 2)
+    target = torch.zeros(2, 3, 1, 2)
+    target[:, 1, 0, 1] = 0.6
+    weights = foreground_weights(target, background, strength=10.0)
+    assert weights.shape == (2, 1, 1, 2)
+    assert torch.allclose(weights[:, 0, 0], torch.tensor([[1.0, 7.0], [1.0, 7.0]]))
+    logits = torch.zeros(2, 3, 1, 2)
+    mu, logvar = torch.zeros(2, 2), torch.zeros(2, 2)
+    plain = vae_loss(logits, target, mu, logvar, beta=1.0, recon="mse")
+    weighted = vae_loss(logits, target, mu, logvar, beta=1.0, recon="mse", pixel_weight=weights)
+    per_pixel = (0.5 - target) ** 2  # sigmoid(0) = 0.5
+    expected = (per_pixel * weights).flatten(1).sum(1).mean()
+    assert weighted["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert weighted["recon"].item() == pytest.approx(plain["recon"].item(), rel=1e-6)  # recon stays unweighted
 
 
 # --------------------------------------------------------------------------------------- training

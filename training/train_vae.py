@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from config import Config
-from models.vae import RECON_LOSSES, ConvVAE, frames_to_input, vae_loss
+from models.vae import RECON_LOSSES, ConvVAE, foreground_weights, frames_to_input, vae_loss
 from training.distributed import DistributedContext, distributed_session, print_main
 from training.train_utils import (
     autocast,
@@ -49,6 +49,10 @@ from utils.errors import WorldModelsError
 PIXEL_TOLERANCE = 10 / 255
 # A latent dim is "active" when its posterior mean varies across the data (Burda et al. 2016).
 ACTIVE_UNIT_THRESHOLD = 0.01
+# A pixel is "foreground" when some channel is this far from the data's mean frame: what moves or
+# varies (LunarLander's lander, Pong's ball and paddles), as opposed to the background that dominates
+# plain pixel accuracy.
+FOREGROUND_THRESHOLD = 0.25
 GRID_FRAMES = 8
 TRAVERSAL_DIMS = 8
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
@@ -94,12 +98,14 @@ def training_step(
     cfg: Config,
     device: torch.device,
     precision: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
+    background: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """One Adam step of V (or its DistributedDataParallel wrapper) on a (B, 64, 64, 3) uint8 batch;
     returns the detached losses (no host sync).
 
     `precision` makes the forward pass's mixed-precision context (default: `train_utils.autocast`
-    per `cfg.vae.amp`); the benchmark passes CPU bf16 autocast through it.
+    per `cfg.vae.amp`); the benchmark passes CPU bf16 autocast through it. `background` (3, 64, 64),
+    the data's mean frame, is needed when `vae.foreground_weight` > 0.
     """
     frames = torch.from_numpy(frames_uint8)
     if device.type == "cuda":
@@ -108,12 +114,30 @@ def training_step(
     with precision() if precision else autocast(device, cfg.vae.amp):
         recon_logits, mu, logvar = model(x)
     # The loss sums 12,288 pixels per frame: it stays in fp32 whatever the forward pass ran in.
-    losses = vae_loss(recon_logits, x, mu, logvar, beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance)
+    losses = vae_loss(recon_logits, x, mu, logvar, beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance,
+                      pixel_weights(x, background, cfg))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total"]).backward()
     scaler.step(optimizer)
     scaler.update()
     return {name: value.detach() for name, value in losses.items()}
+
+
+def pixel_weights(x: torch.Tensor, background: Optional[torch.Tensor], cfg: Config) -> Optional[torch.Tensor]:
+    """The reconstruction loss's (B, 1, 64, 64) pixel weights for input x (B, 3, 64, 64); None when
+    `vae.foreground_weight` is 0."""
+    if cfg.vae.foreground_weight == 0:
+        return None
+    if background is None:
+        raise WorldModelsError("vae.foreground_weight > 0 needs the data's mean frame (mean_frame)")
+    return foreground_weights(x, background, cfg.vae.foreground_weight)
+
+
+def mean_frame(paths: list[Path], device: torch.device, count: int = 512) -> torch.Tensor:
+    """(3, 64, 64) float32 in [0, 1]: the mean of `count` frames spread over `paths` (the background
+    that `vae.foreground_weight` measures a pixel's distance from). Deterministic, so a resumed or
+    data-parallel run weighs pixels alike."""
+    return frames_to_input(sample_frames(paths, count), device, channels_last=False).mean(0)
 
 
 def annealed_beta(cfg: Config, fractional_epoch: float) -> float:
@@ -124,28 +148,36 @@ def annealed_beta(cfg: Config, fractional_epoch: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torch.device) -> dict[str, Any]:
+def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torch.device,
+             background: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """Validation metrics over every frame of `loader`, decoding the posterior mean (deterministic).
 
     Losses use the target `vae.beta` (not the annealed one), so epochs compare and the best checkpoint
-    is not simply the one trained with the smallest beta. Returns floats plus per-dim statistics:
+    is not simply the one trained with the smallest beta. `background` (3, 64, 64), the training data's
+    mean frame, adds `foreground_pixel_accuracy` (pixel accuracy over FOREGROUND_THRESHOLD pixels) and
+    weighs the loss when `vae.foreground_weight` > 0. Returns floats plus per-dim statistics:
     `latent_mean`, `latent_mu_variance`, `latent_std` (each (latent_size,) numpy).
     """
     model.eval()
     sums = {"total": 0.0, "recon": 0.0, "kl": 0.0}
-    frames_seen, pixels_within = 0, 0
+    frames_seen, pixels_within, foreground_pixels, foreground_within = 0, 0, 0, 0
     mu_sum = mu_sq_sum = std_sum = torch.zeros(cfg.vae.latent_size, dtype=torch.float64, device=device)
     for frames_uint8 in loader:
         frames = torch.from_numpy(frames_uint8)
         x = frames_to_input(frames.pin_memory() if device.type == "cuda" else frames, device, cfg.vae.channels_last)
         with autocast(device, cfg.vae.amp):
             recon_logits, mu, logvar = model(x, sample=False)
-        losses = vae_loss(recon_logits, x, mu, logvar, cfg.vae.beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance)
+        losses = vae_loss(recon_logits, x, mu, logvar, cfg.vae.beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance,
+                          pixel_weights(x, background, cfg))
         batch = len(frames_uint8)
         for name in sums:
             sums[name] += losses[name].item() * batch
         error = (torch.sigmoid(recon_logits.float()) - x).abs().amax(dim=1)
         pixels_within += int((error <= PIXEL_TOLERANCE).sum())
+        if background is not None:
+            foreground = (x - background).abs().amax(dim=1) > FOREGROUND_THRESHOLD
+            foreground_pixels += int(foreground.sum())
+            foreground_within += int((foreground & (error <= PIXEL_TOLERANCE)).sum())
         mu64 = mu.double()
         mu_sum = mu_sum + mu64.sum(0)
         mu_sq_sum = mu_sq_sum + mu64.pow(2).sum(0)
@@ -157,6 +189,7 @@ def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
     return {
         **{f"{name}_loss": value / frames_seen for name, value in sums.items()},
         "pixel_accuracy": pixels_within / (frames_seen * x.shape[2] * x.shape[3]),
+        "foreground_pixel_accuracy": foreground_within / max(foreground_pixels, 1),
         "active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_mean": mean.cpu().numpy(),
         "latent_mu_variance": variance.cpu().numpy(),
@@ -262,8 +295,8 @@ def _check_vae_config(cfg: Config) -> None:
             raise WorldModelsError(f"vae.{name} must be >= 1, got {getattr(v, name)}")
     if not v.learning_rate > 0:
         raise WorldModelsError(f"vae.learning_rate must be > 0, got {v.learning_rate}")
-    if v.beta < 0 or v.kl_tolerance < 0 or v.beta_warmup_epochs < 0:
-        raise WorldModelsError("vae.beta, vae.kl_tolerance and vae.beta_warmup_epochs must be >= 0")
+    if v.beta < 0 or v.kl_tolerance < 0 or v.beta_warmup_epochs < 0 or v.foreground_weight < 0:
+        raise WorldModelsError("vae.beta, vae.kl_tolerance, vae.beta_warmup_epochs and vae.foreground_weight must be >= 0")
 
 
 def train_vae(cfg: Config) -> Path:
@@ -320,6 +353,7 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     steps_per_epoch = _steps_per_epoch(cfg, train_loader(start_epoch), episode_lengths)
     val_loader = FrameChunkLoader(val_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed, shuffle=False, drop_last=False)
     grid_frames = sample_frames(val_paths, GRID_FRAMES)
+    background = mean_frame(train_paths, device)
     processes = f", {world.world_size} processes of {per_rank_batch} frames per batch" if world.world_size > 1 else ""
     print_main(f"vae: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({int(episode_lengths.sum())} frames, "
                f"{steps_per_epoch} steps/epoch), {len(val_paths)} validation episodes; {v.recon_loss} loss, beta {v.beta}")
@@ -337,7 +371,7 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
             if step >= steps_per_epoch:
                 break
             beta = annealed_beta(cfg, epoch + step / steps_per_epoch)
-            losses = training_step(train_model, optimizer, scaler, frames_uint8, beta, cfg, device)
+            losses = training_step(train_model, optimizer, scaler, frames_uint8, beta, cfg, device, background=background)
             for name in sums:
                 sums[name] += losses[name]
             global_step += 1
@@ -355,13 +389,14 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
         if not world.is_main:
             continue  # rank 0 validates and writes; this rank waits for it at the next epoch's first all_reduce
 
-        val = evaluate(model, val_loader, cfg, device)
+        val = evaluate(model, val_loader, cfg, device, background)
         metrics = {f"train_{name}_loss": value for name, value in train_losses.items()}
         metrics.update({f"val_{key}": value for key, value in val.items() if not isinstance(value, np.ndarray)})
         metrics["images_per_second"] = images_per_second
         for name in ("total", "recon", "kl"):
             writer.add_scalar(f"vae/val/{name}_loss", val[f"{name}_loss"], global_step)
         writer.add_scalar("vae/val/pixel_accuracy", val["pixel_accuracy"], global_step)
+        writer.add_scalar("vae/val/foreground_pixel_accuracy", val["foreground_pixel_accuracy"], global_step)
         writer.add_scalar("vae/val/active_units", val["active_units"], global_step)
         writer.add_histogram("vae/val/latent_mean", val["latent_mean"], global_step)
         writer.add_histogram("vae/val/latent_mu_variance", val["latent_mu_variance"], global_step)
@@ -381,7 +416,7 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
         save_epoch_checkpoints(last_path, best_path, improved, "vae", cfg, **payload)
         print(f"vae: epoch {epoch + 1}/{v.epochs}  train loss {metrics['train_total_loss']:.1f}  "
               f"val loss {val['total_loss']:.1f} (recon {val['recon_loss']:.1f}, kl {val['kl_loss']:.1f})  "
-              f"pixel acc {val['pixel_accuracy']:.3f}  active units {val['active_units']}/{v.latent_size}  "
+              f"pixel acc {val['pixel_accuracy']:.3f} (foreground {val['foreground_pixel_accuracy']:.3f})  active units {val['active_units']}/{v.latent_size}  "
               f"{images_per_second:.0f} img/s{'  (best)' if improved else ''}")
 
     if not world.is_main:
