@@ -23,6 +23,19 @@ def test_every_env_produces_64x64_uint8_frames(env_id):
     assert episode.obs.std() > 5
 
 
+def test_a_rendered_env_keeps_its_state_vector_in_info():
+    env = make_frame_env(EnvConfig(env_id="LunarLander-v3"))
+    state_env = gym.make("LunarLander-v3")
+    frame, info = env.reset(seed=3)
+    state, _ = state_env.reset(seed=3)
+    assert frame.shape == (64, 64, 3) and np.array_equal(info["state"], state)
+    for _ in range(5):
+        frame, _, _, _, info = env.step(2)
+        state, *_ = state_env.step(2)
+    assert np.array_equal(info["state"], state)  # the same episode, step by step
+    env.close(), state_env.close()
+
+
 def test_unknown_env_lists_the_supported_ones():
     with pytest.raises(WorldModelsError, match="unknown environment 'Pongg-v5'; supported: ALE/Pong-v5, ALE/Breakout-v5"):
         resolve_env_id("Pongg-v5")

@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, SupportsFloat
 
 import cv2
 import gymnasium as gym
@@ -110,8 +110,8 @@ class FrameObservation(gym.ObservationWrapper):
     """Replace the observation with the (S, S, 3) uint8 frame of `preprocess_frame`.
 
     Envs whose observation is an image use it; the others (LunarLander's state vector) are rendered,
-    so they must be made with `render_mode="rgb_array"`. The original observation stays in
-    `info["state"]` for whoever wants it.
+    so they must be made with `render_mode="rgb_array"`; their original observation (LunarLander's
+    8-d state) stays in `info["state"]` of reset and step, for whoever wants it (a probe of what V encodes).
     """
 
     def __init__(self, env: gym.Env, env_cfg: EnvConfig):
@@ -122,6 +122,17 @@ class FrameObservation(gym.ObservationWrapper):
             raise WorldModelsError(f"{env_cfg.env_id} has no image observation and must render rgb_array frames")
         size = env_cfg.frame_size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        observation, info = self.env.reset(**kwargs)
+        return self.observation(observation), self._with_state(info, observation)
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return self.observation(observation), reward, terminated, truncated, self._with_state(info, observation)
+
+    def _with_state(self, info: dict[str, Any], observation: Any) -> dict[str, Any]:
+        return {**info, "state": observation} if self.uses_render else info
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         image = self.env.render() if self.uses_render else observation
