@@ -41,7 +41,7 @@ from models.vae import ConvVAE  # noqa: E402
 from training.collect import collect  # noqa: E402
 from training.distributed import DistributedContext, distributed_session  # noqa: E402
 from training.train_utils import make_grad_scaler, seed_everything  # noqa: E402
-from training.train_vae import training_step  # noqa: E402
+from training.train_vae import mean_frame, training_step  # noqa: E402
 from utils.data import FrameChunkLoader, list_episodes, rollout_dir  # noqa: E402
 
 
@@ -80,12 +80,13 @@ def _measure_rank(world: DistributedContext, paths: list[Path], cfg: Config, bat
     scaler = make_grad_scaler(world.device, enabled=False)
     train_model = world.wrap(model)
     batches = rank_batches(paths, batch_size, cfg, world)
+    background = mean_frame(paths, world.device)  # as the stage weighs pixels (vae.foreground_weight)
     for _ in range(warmup):
-        training_step(train_model, optimizer, scaler, next(batches), 1.0, cfg, world.device)
+        training_step(train_model, optimizer, scaler, next(batches), 1.0, cfg, world.device, background=background)
     world.barrier()
     start = time.perf_counter()
     for _ in range(steps):
-        training_step(train_model, optimizer, scaler, next(batches), 1.0, cfg, world.device)
+        training_step(train_model, optimizer, scaler, next(batches), 1.0, cfg, world.device, background=background)
     world.barrier()  # the clock stops when the slowest rank is done
     seconds_per_step = (time.perf_counter() - start) / steps
     batches.close()

@@ -28,7 +28,7 @@ from config import Config, get_config  # noqa: E402
 from models.vae import ConvVAE  # noqa: E402
 from training.collect import collect  # noqa: E402
 from training.train_utils import make_grad_scaler, seed_everything  # noqa: E402
-from training.train_vae import training_step  # noqa: E402
+from training.train_vae import mean_frame, training_step  # noqa: E402
 from utils.data import FrameChunkLoader, list_episodes, rollout_dir  # noqa: E402
 
 
@@ -42,19 +42,21 @@ def make_trainer(cfg: Config, device: torch.device):
     return model, torch.optim.Adam(model.parameters(), lr=cfg.vae.learning_rate), make_grad_scaler(device, cfg.vae.amp)
 
 
-def images_per_second(cfg: Config, device: torch.device, batches, steps: int, warmup: int, precision=None) -> float:
-    """Run `warmup` + `steps` training steps on the batches `batches` yields; images/s of the timed ones."""
+def images_per_second(cfg: Config, device: torch.device, batches, steps: int, warmup: int, background: torch.Tensor,
+                      precision=None) -> float:
+    """Run `warmup` + `steps` training steps on the batches `batches` yields; images/s of the timed ones.
+    `background`: the data's mean frame, which the stage's loss weighs pixels by (`vae.foreground_weight`)."""
     model, optimizer, scaler = make_trainer(cfg, device)
     iterator = iter(batches)
     for _ in range(warmup):
-        training_step(model, optimizer, scaler, next(iterator), 1.0, cfg, device, precision)
+        training_step(model, optimizer, scaler, next(iterator), 1.0, cfg, device, precision, background)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     images = 0
     for _ in range(steps):
         frames_uint8 = next(iterator)
-        losses = training_step(model, optimizer, scaler, frames_uint8, 1.0, cfg, device, precision)
+        losses = training_step(model, optimizer, scaler, frames_uint8, 1.0, cfg, device, precision, background)
         images += len(frames_uint8)
     losses["total"].item()  # waits for the device's queue, so the clock covers every step
     return images / (time.perf_counter() - start)
@@ -90,15 +92,16 @@ def main() -> None:
             sys.exit(f"only {len(in_memory)} batches of {args.batch_size} in {rollout_dir(cfg)}; need {steps + warmup}")
 
         cpu = torch.device("cpu")
+        background = mean_frame(paths, cpu)
         cfg.vae.amp = False
         # Alternate the two feeds so drift in machine load hits both alike; keep each one's best run.
         pipeline_runs, memory_runs = [], []
         for _ in range(repeats):
-            memory_runs.append(images_per_second(cfg, cpu, in_memory, steps, warmup))
-            pipeline_runs.append(images_per_second(cfg, cpu, disk_batches(), steps, warmup))
+            memory_runs.append(images_per_second(cfg, cpu, in_memory, steps, warmup, background))
+            pipeline_runs.append(images_per_second(cfg, cpu, disk_batches(), steps, warmup, background))
         memory_fp32, pipeline_fp32 = max(memory_runs), max(pipeline_runs)
         cpu_bf16 = functools.partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16)
-        bf16 = max(images_per_second(cfg, cpu, in_memory, steps, warmup, cpu_bf16) for _ in range(repeats))
+        bf16 = max(images_per_second(cfg, cpu, in_memory, steps, warmup, background, cpu_bf16) for _ in range(repeats))
         rows = [
             ("CPU fp32, batches in memory", memory_fp32),
             ("CPU fp32, FrameChunkLoader from disk", pipeline_fp32),
@@ -110,8 +113,8 @@ def main() -> None:
             cfg.vae.amp = True
             cuda_steps = steps * 4
             many = in_memory * (cuda_steps // len(in_memory) + 2)
-            cuda_memory = images_per_second(cfg, cuda, many, cuda_steps, warmup)
-            cuda_pipeline = images_per_second(cfg, cuda, _cycle(disk_batches), cuda_steps, warmup)
+            cuda_memory = images_per_second(cfg, cuda, many, cuda_steps, warmup, background.to(cuda))
+            cuda_pipeline = images_per_second(cfg, cuda, _cycle(disk_batches), cuda_steps, warmup, background.to(cuda))
             cuda_ratio = cuda_pipeline / cuda_memory
             rows += [("CUDA AMP, batches in memory", cuda_memory), ("CUDA AMP, FrameChunkLoader from disk", cuda_pipeline)]
 

@@ -110,7 +110,7 @@ def test_each_rank_reads_its_own_episodes_of_the_same_shuffled_order(root):
 
 
 # --------------------------------------------------------------------- (a) step equals combined batch
-STEP_CONFIG = get_config("LunarLander-v3", preset="smoke", overrides=["vae.channels_last=false"])
+STEP_CONFIG = get_config("LunarLander-v3", preset="smoke", overrides=["vae.channels_last=false", "vae.foreground_weight=0"])
 
 
 def tiny_posterior_vae() -> ConvVAE:
