@@ -1,0 +1,93 @@
+"""Linear probe: how much of a rendered env's true state can be read off V's latent z?
+
+    python tools/probe_state.py --env LunarLander-v3 --experiment wm-lunar            # ~1 min
+    python tools/probe_state.py --env LunarLander-v3 --experiment wm-lunar --episodes 200
+
+For envs whose frames are rendered from a state vector (LunarLander), each frame comes with the state
+it shows (`info["state"]`). Episodes of the collection policy (`collect.policy`, seeds of the
+evaluation range, so none is in V's training data) are encoded to z = V's posterior mean; a ridge
+regression from z to each state dimension is fitted on the first 3/4 of the episodes and scored (R^2)
+on the rest. R^2 near 1: z holds that quantity linearly; near 0 or below: V did not encode it (or not
+linearly). A probe of V alone: h, M's memory, is what carries velocities, which one frame cannot show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from models.vae import frames_to_input  # noqa: E402
+from training.train_utils import add_common_args, config_from_args, episode_seeds, resolve_device, run_cli  # noqa: E402
+from training.train_vae import load_vae  # noqa: E402
+from utils.environment import RandomAgent, make_frame_env, resolve_env_id  # noqa: E402
+from utils.errors import WorldModelsError  # noqa: E402
+
+# What LunarLander's 8-d state holds; other envs' dimensions are numbered.
+STATE_NAMES = {"LunarLander-v3": ("x", "y", "vx", "vy", "angle", "angular velocity", "left leg down", "right leg down")}
+RIDGE = 1e-2  # keeps the 33x33 normal equations well conditioned when a latent dim is inactive
+
+
+def play(cfg, episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames (N, 64, 64, 3) uint8, states (N, D) float64 and episode indices (N,) of `episodes`
+    episodes of the collection policy."""
+    env = make_frame_env(cfg.env)
+    agent = RandomAgent(env.action_space, cfg.collect.policy, cfg.collect.repeat_min, cfg.collect.repeat_max,
+                        cfg.collect.walk_sigma)
+    frames, states, episode_index = [], [], []
+    for index, seed in enumerate(tqdm(episode_seeds(cfg, "evaluate", 0, episodes), desc="probe episodes", unit="ep")):
+        frame, info = env.reset(seed=int(seed))
+        if "state" not in info:
+            raise WorldModelsError(f"{cfg.env.env_id} shows its observation itself: there is no state vector to probe")
+        agent.reset(int(seed))
+        done = False
+        while not done:
+            frames.append(frame)
+            states.append(np.asarray(info["state"], np.float64))
+            episode_index.append(index)
+            frame, _, terminated, truncated, info = env.step(agent.act(frame))
+            done = terminated or truncated
+    env.close()
+    return np.stack(frames), np.stack(states), np.asarray(episode_index)
+
+
+def ridge_r2(features: np.ndarray, targets: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(D,) R^2 on the rows not in `train` of a ridge regression fitted on the rows in `train`."""
+    x = np.hstack([features, np.ones((len(features), 1))])
+    weights = np.linalg.solve(x[train].T @ x[train] + RIDGE * np.eye(x.shape[1]), x[train].T @ targets[train])
+    residual = ((x[~train] @ weights - targets[~train]) ** 2).mean(0)
+    return 1.0 - residual / np.maximum(targets[~train].var(0), 1e-12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser, default_env="LunarLander-v3")
+    parser.add_argument("--episodes", type=int, default=120, help="episodes played (3/4 fit, 1/4 score)")
+    args = parser.parse_args()
+    if args.episodes < 4:
+        raise WorldModelsError(f"--episodes must be >= 4 (3/4 fit the probe, 1/4 score it), got {args.episodes}")
+    cfg = config_from_args(args)
+    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
+    device = resolve_device(cfg.experiment.device)
+    vae = load_vae(cfg, device)
+    frames, states, episode_index = play(cfg, args.episodes)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(frames_to_input(frames[start : start + 512], device, channels_last=False))[0].float().cpu()
+                       for start in range(0, len(frames), 512)]).numpy()
+    train = episode_index < (3 * args.episodes) // 4
+    r2 = ridge_r2(z.astype(np.float64), states, train)
+    names = STATE_NAMES.get(cfg.env.env_id, tuple(f"state[{d}]" for d in range(states.shape[1])))
+    print(f"\n{cfg.env.env_id}, V of {cfg.experiment_name}: {len(frames)} frames of {args.episodes} episodes "
+          f"({int(train.sum())} fit, {int((~train).sum())} scored); R^2 of each state dimension from z")
+    for name, value in zip(names, r2):
+        print(f"  {name:18s} {value:7.3f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
