@@ -1,0 +1,27 @@
+"""tools/probe_state.py: the episodes it plays and the probe's R^2."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from config import get_config
+from tools.probe_state import play, ridge_r2
+
+
+def test_play_pairs_each_frame_with_the_state_it_shows():
+    cfg = get_config("LunarLander-v3", overrides=["env.max_episode_steps=30"])
+    frames, states, episode_index = play(cfg, 4)
+    assert frames.shape == (len(states), 64, 64, 3) and frames.dtype == np.uint8
+    assert states.shape[1] == 8 and set(episode_index.tolist()) == {0, 1, 2, 3}
+    assert np.all(np.diff(episode_index) >= 0)  # episodes in order, none interleaved
+    # A frame's state differs from its neighbour's: the lander moves every step.
+    assert np.abs(np.diff(states[episode_index == 0, :2], axis=0)).sum(1).min() > 0
+
+
+def test_ridge_r2_is_one_for_a_linear_function_and_near_zero_for_noise():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 5))
+    targets = np.stack([features @ rng.normal(size=5) + 3.0, rng.normal(size=400)], axis=1)
+    r2 = ridge_r2(features, targets, np.arange(400) < 300)
+    assert r2[0] > 0.999  # exactly linear in the features (plus an intercept)
+    assert r2[1] < 0.05  # independent of them
