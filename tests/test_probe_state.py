@@ -10,8 +10,9 @@ from tools.probe_state import play, ridge_r2
 
 def test_play_pairs_each_frame_with_the_state_it_shows():
     cfg = get_config("LunarLander-v3", overrides=["env.max_episode_steps=30"])
-    frames, states, episode_index = play(cfg, 4)
+    frames, states, actions, episode_index = play(cfg, 4)
     assert frames.shape == (len(states), 64, 64, 3) and frames.dtype == np.uint8
+    assert actions.shape == (len(states), 4) and np.all(actions.sum(1) == 1)  # one-hot
     assert states.shape[1] == 8 and set(episode_index.tolist()) == {0, 1, 2, 3}
     assert np.all(np.diff(episode_index) >= 0)  # episodes in order, none interleaved
     # A frame's state differs from its neighbour's: the lander moves every step.

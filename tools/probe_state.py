@@ -2,13 +2,16 @@
 
     python tools/probe_state.py --env LunarLander-v3 --experiment wm-lunar            # ~1 min
     python tools/probe_state.py --env LunarLander-v3 --experiment wm-lunar --episodes 200
+    python tools/probe_state.py --env LunarLander-v3 --experiment wm-lunar --memory   # also h and [z, h]
 
 For envs whose frames are rendered from a state vector (LunarLander), each frame comes with the state
 it shows (`info["state"]`). Episodes of the collection policy (`collect.policy`, seeds of the
 evaluation range, so none is in V's training data) are encoded to z = V's posterior mean; a ridge
 regression from z to each state dimension is fitted on the first 3/4 of the episodes and scored (R^2)
 on the rest. R^2 near 1: z holds that quantity linearly; near 0 or below: V did not encode it (or not
-linearly). A probe of V alone: h, M's memory, is what carries velocities, which one frame cannot show.
+linearly). C is linear in [z, h], so a linear probe measures what C can read. `--memory` also probes
+h_t, M's state before step t (M fed each step's z and action, as the agent feeds it): h is what can
+carry velocities, which one frame cannot show.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from tqdm import tqdm  # noqa: E402
 
 from models.vae import frames_to_input  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, episode_seeds, resolve_device, run_cli  # noqa: E402
+from training.train_mdnrnn import load_mdnrnn  # noqa: E402
 from training.train_vae import load_vae  # noqa: E402
-from utils.environment import RandomAgent, make_frame_env, resolve_env_id  # noqa: E402
+from utils.environment import RandomAgent, action_to_vector, make_frame_env, resolve_env_id  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 
 # What LunarLander's 8-d state holds; other envs' dimensions are numbered.
@@ -34,13 +38,13 @@ STATE_NAMES = {"LunarLander-v3": ("x", "y", "vx", "vy", "angle", "angular veloci
 RIDGE = 1e-2  # keeps the 33x33 normal equations well conditioned when a latent dim is inactive
 
 
-def play(cfg, episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frames (N, 64, 64, 3) uint8, states (N, D) float64 and episode indices (N,) of `episodes`
-    episodes of the collection policy."""
+def play(cfg, episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames (N, 64, 64, 3) uint8, states (N, D) float64, action vectors (N, A) float32 and episode
+    indices (N,) of `episodes` episodes of the collection policy."""
     env = make_frame_env(cfg.env)
     agent = RandomAgent(env.action_space, cfg.collect.policy, cfg.collect.repeat_min, cfg.collect.repeat_max,
                         cfg.collect.walk_sigma)
-    frames, states, episode_index = [], [], []
+    frames, states, actions, episode_index = [], [], [], []
     for index, seed in enumerate(tqdm(episode_seeds(cfg, "evaluate", 0, episodes), desc="probe episodes", unit="ep")):
         frame, info = env.reset(seed=int(seed))
         if "state" not in info:
@@ -51,10 +55,25 @@ def play(cfg, episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             frames.append(frame)
             states.append(np.asarray(info["state"], np.float64))
             episode_index.append(index)
-            frame, _, terminated, truncated, info = env.step(agent.act(frame))
+            action = agent.act(frame)
+            actions.append(action_to_vector(action, env.action_space))
+            frame, _, terminated, truncated, info = env.step(action)
             done = terminated or truncated
     env.close()
-    return np.stack(frames), np.stack(states), np.asarray(episode_index)
+    return np.stack(frames), np.stack(states), np.stack(actions), np.asarray(episode_index)
+
+
+@torch.no_grad()
+def memory_states(mdnrnn, z: torch.Tensor, actions: torch.Tensor, episode_index: np.ndarray) -> np.ndarray:
+    """(N, hidden_size) h_t of each step: M's state after the episode's steps before t."""
+    device = z.device
+    hidden_states = []
+    for episode in np.unique(episode_index):
+        hidden = mdnrnn.initial_state(1, device)
+        for t in np.flatnonzero(episode_index == episode):
+            hidden_states.append(hidden[0][0, 0].cpu().numpy())
+            hidden = mdnrnn.step(z[t : t + 1], actions[t : t + 1], hidden)[-1]
+    return np.stack(hidden_states).astype(np.float64)
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -69,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, default_env="LunarLander-v3")
     parser.add_argument("--episodes", type=int, default=120, help="episodes played (3/4 fit, 1/4 score)")
+    parser.add_argument("--memory", action="store_true", help="also probe h (M's state) and [z, h]")
     args = parser.parse_args()
     if args.episodes < 4:
         raise WorldModelsError(f"--episodes must be >= 4 (3/4 fit the probe, 1/4 score it), got {args.episodes}")
@@ -76,17 +96,23 @@ def main() -> None:
     cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     device = resolve_device(cfg.experiment.device)
     vae = load_vae(cfg, device)
-    frames, states, episode_index = play(cfg, args.episodes)
+    mdnrnn = load_mdnrnn(cfg, device, vae=vae) if args.memory else None
+    frames, states, actions, episode_index = play(cfg, args.episodes)
     with torch.no_grad():
-        z = torch.cat([vae.encode(frames_to_input(frames[start : start + 512], device, channels_last=False))[0].float().cpu()
-                       for start in range(0, len(frames), 512)]).numpy()
+        z = torch.cat([vae.encode(frames_to_input(frames[start : start + 512], device, channels_last=False))[0].float()
+                       for start in range(0, len(frames), 512)])
+    features = {"z": z.cpu().numpy().astype(np.float64)}
+    if mdnrnn is not None:
+        features["h"] = memory_states(mdnrnn, z, torch.as_tensor(actions, device=device), episode_index)
+        features["[z, h]"] = np.hstack([features["z"], features["h"]])
     train = episode_index < (3 * args.episodes) // 4
-    r2 = ridge_r2(z.astype(np.float64), states, train)
+    r2 = {name: ridge_r2(values, states, train) for name, values in features.items()}
     names = STATE_NAMES.get(cfg.env.env_id, tuple(f"state[{d}]" for d in range(states.shape[1])))
-    print(f"\n{cfg.env.env_id}, V of {cfg.experiment_name}: {len(frames)} frames of {args.episodes} episodes "
-          f"({int(train.sum())} fit, {int((~train).sum())} scored); R^2 of each state dimension from z")
-    for name, value in zip(names, r2):
-        print(f"  {name:18s} {value:7.3f}")
+    print(f"\n{cfg.env.env_id}, experiment {cfg.experiment_name}: {len(frames)} frames of {args.episodes} episodes "
+          f"({int(train.sum())} fit, {int((~train).sum())} scored); R^2 of each state dimension")
+    print(f"  {'':18s}" + "".join(f"{name:>9s}" for name in r2))
+    for dim, name in enumerate(names):
+        print(f"  {name:18s}" + "".join(f"{values[dim]:9.3f}" for values in r2.values()))
 
 
 if __name__ == "__main__":
