@@ -123,9 +123,10 @@ def vae_loss(
     below at kl_tolerance * latent_size (the paper code's free bits): the encoder gets no gradient to
     shrink the KL under that budget, which keeps latents from collapsing early.
     pixel_weight: None, or (B, 1, 64, 64) weights of each pixel's reconstruction loss
-    (`foreground_weights`); the weighted sum then enters total in place of recon.
-    Returns {"total", "recon", "kl"} where total = recon + beta * kl (kl after clamping); recon is always
-    the unweighted sum, so runs with and without weights compare.
+    (`foreground_weights`).
+    Returns {"total", "recon", "kl"}: total = the reconstruction loss (pixel-weighted when pixel_weight
+    is given) + beta * kl (kl after clamping); "recon" is always the unweighted sum, so runs with and
+    without weights compare.
     """
     if recon not in RECON_LOSSES:
         raise WorldModelsError(f"unknown vae.recon_loss {recon!r}; valid: {', '.join(RECON_LOSSES)}")
