@@ -145,13 +145,17 @@ def vae_loss(
     return {"total": fitted_recon + beta * kl_loss, "recon": recon_loss, "kl": kl_loss}
 
 
-def foreground_weights(target: torch.Tensor, background: torch.Tensor, strength: float) -> torch.Tensor:
-    """Per-pixel loss weights 1 + strength * max over channels |target - background|.
+def background_distance(frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Each pixel's largest channel distance from the background: (B, 1, 64, 64) float32 in [0, 1].
 
-    target: (B, 3, 64, 64) in [0, 1]; background: (3, 64, 64) in [0, 1], the data's mean frame.
-    Returns (B, 1, 64, 64) float32 in [1, 1 + strength].
+    frames: (B, 3, 64, 64) in [0, 1]; background: (3, 64, 64) in [0, 1], the data's mean frame.
     """
-    return 1.0 + strength * (target.float() - background.float()).abs().amax(dim=1, keepdim=True)
+    return (frames.float() - background.float()).abs().amax(dim=1, keepdim=True)
+
+
+def foreground_weights(target: torch.Tensor, background: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-pixel loss weights 1 + strength * `background_distance`: (B, 1, 64, 64) in [1, 1 + strength]."""
+    return 1.0 + strength * background_distance(target, background)
 
 
 def _self_check() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from config import get_config
-from tools.probe_state import play, ridge_r2
+from models.mdnrnn import MDNRNN
+from tools.probe_state import memory_states, play, ridge_r2
 
 
 def test_play_pairs_each_frame_with_the_state_it_shows():
@@ -26,3 +28,17 @@ def test_ridge_r2_is_one_for_a_linear_function_and_near_zero_for_noise():
     r2 = ridge_r2(features, targets, np.arange(400) < 300)
     assert r2[0] > 0.999  # exactly linear in the features (plus an intercept)
     assert r2[1] < 0.05  # independent of them
+
+
+def test_memory_states_are_the_h_an_agent_sees_step_by_step():
+    torch.manual_seed(0)
+    mdnrnn = MDNRNN(latent_size=4, action_size=2, hidden_size=8).eval()
+    z, actions = torch.randn(7, 4), torch.randn(7, 2)
+    episode_index = np.array([0, 0, 0, 1, 1, 1, 1])
+    expected = []
+    for episode in (0, 1):
+        hidden = mdnrnn.initial_state(1, "cpu")
+        for t in np.flatnonzero(episode_index == episode):
+            expected.append(hidden[0][0, 0].detach().numpy())
+            hidden = mdnrnn.step(z[t : t + 1], actions[t : t + 1], hidden)[-1]
+    np.testing.assert_allclose(memory_states(mdnrnn, z, actions, episode_index), np.stack(expected), atol=1e-6)

@@ -65,15 +65,16 @@ def play(cfg, episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 @torch.no_grad()
 def memory_states(mdnrnn, z: torch.Tensor, actions: torch.Tensor, episode_index: np.ndarray) -> np.ndarray:
-    """(N, hidden_size) h_t of each step: M's state after the episode's steps before t."""
-    device = z.device
+    """(N, hidden_size) h_t of each step: M's state after the episode's steps before t (zero at t = 0).
+
+    One LSTM pass per episode: its output at step t is the h that the agent's C sees at step t + 1.
+    """
     hidden_states = []
     for episode in np.unique(episode_index):
-        hidden = mdnrnn.initial_state(1, device)
-        for t in np.flatnonzero(episode_index == episode):
-            hidden_states.append(hidden[0][0, 0].cpu().numpy())
-            hidden = mdnrnn.step(z[t : t + 1], actions[t : t + 1], hidden)[-1]
-    return np.stack(hidden_states).astype(np.float64)
+        steps = torch.as_tensor(np.flatnonzero(episode_index == episode), device=z.device)
+        outputs, _ = mdnrnn.lstm(torch.cat([z[steps], actions[steps]], dim=-1).unsqueeze(0))
+        hidden_states.append(torch.cat([outputs.new_zeros(1, mdnrnn.hidden_size), outputs[0, :-1]]).cpu().numpy())
+    return np.concatenate(hidden_states).astype(np.float64)
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray, train: np.ndarray) -> np.ndarray:

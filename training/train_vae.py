@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from config import Config
-from models.vae import RECON_LOSSES, ConvVAE, foreground_weights, frames_to_input, vae_loss
+from models.vae import RECON_LOSSES, ConvVAE, background_distance, foreground_weights, frames_to_input, vae_loss
 from training.distributed import DistributedContext, distributed_session, print_main
 from training.train_utils import (
     autocast,
@@ -175,7 +175,7 @@ def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
         error = (torch.sigmoid(recon_logits.float()) - x).abs().amax(dim=1)
         pixels_within += int((error <= PIXEL_TOLERANCE).sum())
         if background is not None:
-            foreground = (x - background).abs().amax(dim=1) > FOREGROUND_THRESHOLD
+            foreground = background_distance(x, background)[:, 0] > FOREGROUND_THRESHOLD
             foreground_pixels += int(foreground.sum())
             foreground_within += int((foreground & (error <= PIXEL_TOLERANCE)).sum())
         mu64 = mu.double()
