@@ -33,7 +33,8 @@ def test_a_rendered_env_keeps_its_state_vector_in_info():
         frame, _, _, _, info = env.step(2)
         state, *_ = state_env.step(2)
     assert np.array_equal(info["state"], state)  # the same episode, step by step
-    env.close(), state_env.close()
+    env.close()
+    state_env.close()
 
 
 def test_unknown_env_lists_the_supported_ones():

@@ -189,7 +189,8 @@ def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
     return {
         **{f"{name}_loss": value / frames_seen for name, value in sums.items()},
         "pixel_accuracy": pixels_within / (frames_seen * x.shape[2] * x.shape[3]),
-        "foreground_pixel_accuracy": foreground_within / max(foreground_pixels, 1),
+        # nan without a background, or when no frame differs from it: nothing to score.
+        "foreground_pixel_accuracy": foreground_within / foreground_pixels if foreground_pixels else float("nan"),
         "active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_mean": mean.cpu().numpy(),
         "latent_mu_variance": variance.cpu().numpy(),
