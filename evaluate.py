@@ -19,20 +19,27 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from config import Config
-from training.train_utils import (add_common_args, checkpoint_config, checkpoint_path, config_from_args, episode_seeds,
-                                  experiment_dir, load_checkpoint, make_writer, resolve_device, run_cli)
-from utils.environment import RandomAgent, make_frame_env, resolve_env_id, run_episode
+from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
+from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
+from training.ppo_baseline import PPOAgent, make_ppo_eval_env
+from training.train_utils import add_common_args, config_from_args, run_cli
+from utils.environment import RandomAgent, make_frame_env, run_episode
 from utils.errors import WorldModelsError
-from utils.video import upscale, write_mp4
+from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
+from utils.images import upscale
+from utils.runtime import episode_seeds, resolve_device
+from utils.video import log_video, write_mp4
 from utils.workers import parallel_map
 
 METHODS = ("world_models", "ppo", "random")
@@ -109,15 +116,11 @@ def _trained_config(cfg: Config, stage: str) -> Config:
 def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any, str]:
     """(agent, env, what the agent observes) for `method`."""
     if method == "world_models":
-        from training.train_controller import load_world_model_agent
-
         trained = _trained_config(cfg, "controller")
-        agent = load_world_model_agent(trained, device)
+        agent = load_world_model_agent(trained, resolve_device(device))
         h = f" + h ({trained.mdnrnn.hidden_size})" if trained.controller.inputs == "zh" else ""
         return agent, make_frame_env(trained.env), f"{trained.env.frame_size}x{trained.env.frame_size} RGB -> z ({trained.vae.latent_size}){h}"
     if method == "ppo":
-        from training.ppo_baseline import PPOAgent, make_ppo_eval_env
-
         _trained_config(cfg, "ppo")  # a clear message when it is missing
         agent = PPOAgent.from_checkpoint(cfg, device)
         env = make_ppo_eval_env(agent.config, render_mode="rgb_array")
@@ -134,9 +137,8 @@ _worker: dict = {}
 
 
 def _init_worker(method: str, cfg: Config, device: str) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker process
+    if multiprocessing.parent_process() is not None:  # a worker process: one core each
+        torch.set_num_threads(1)
     _worker["agent"], _worker["env"], _ = make_agent_and_env(method, cfg, device)
 
 
@@ -151,8 +153,6 @@ def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = Fa
     With `world_model_views`, each frame is V's input, V's reconstruction and the decoding of M's
     prediction for this step (made on the previous step), side by side, each 64x64 upscaled 4x.
     """
-    import torch
-
     observation, _ = env.reset(seed=seed)
     agent.reset(seed)
     frames, predicted = [], None
@@ -209,15 +209,6 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     episode's number (its random numbers come from the experiment seed's "evaluate" stream) and its
     method is `world_models_dream_tau<tau>`.
     """
-    import torch
-
-    from training.dream import (decode_latents, dream_generator, dream_rollouts, episode_start_latents,
-                                sample_start_latents)
-    from training.train_controller import build_policy, load_controller_checkpoint
-    from training.train_mdnrnn import load_or_encode_latents
-    from utils.data import require_episodes
-    from utils.video import add_video
-
     trained = _trained_config(cfg, "controller")
     c = trained.controller
     tau = c.temperature if temperature is None else temperature
@@ -226,27 +217,25 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     policy = build_policy(trained, torch_device, env.action_space)
     env.close()
     params = load_controller_checkpoint(trained, torch_device)["best_params"].to(torch_device)
-    cache = load_or_encode_latents(trained, policy.vae, require_episodes(trained), torch_device)
-    start_mu, start_logvar = episode_start_latents(cache.mu, cache.logvar, cache.offsets, torch_device)
-    del cache
+    starts = load_dream_starts(trained, policy.vae, torch_device)
     generator = dream_generator(trained.experiment.seed, "evaluate", 0, torch_device)
     started = time.perf_counter()
-    with torch.no_grad():
-        result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None].repeat(episodes, 1),
-                                sample_start_latents(start_mu, start_logvar, episodes, generator), policy.action_space,
-                                tau, c.dream_max_steps, generator, c.inputs, c.sample_actions, record_first=video)
+    result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None].repeat(episodes, 1),
+                            sample_start_latents(*starts, episodes, generator), policy.action_space,
+                            tau, c.dream_max_steps, generator, c.inputs, c.sample_actions)
     method = f"world_models_dream_tau{tau:g}"
     rows = [{"method": method, "episode": i, "seed": i, "return": float(ret), "length": int(length)}
             for i, (ret, length) in enumerate(zip(result.returns, result.lengths))]
     summary = summarize(method, result.returns, result.lengths, time.perf_counter() - started,
                         f"nothing: C inside M at tau {tau:g}")
     if video:
-        frames = decode_latents(policy.vae, result.first_latents)
-        path = write_mp4(upscale(frames, 4), experiment_dir(cfg, "videos") / f"dream_eval_tau{tau:g}.mp4")
+        frames = dream_video(policy, params, starts, tau, c.dream_max_steps,
+                             dream_generator(trained.experiment.seed, "video", 0, torch_device))
         writer = make_writer(cfg, "evaluate")
-        add_video(writer, f"evaluate/dream_tau{tau:g}", frames[:: max(1, len(frames) // 300)], 0)
+        path = log_video(writer, f"evaluate/dream_tau{tau:g}", frames, 0,
+                         experiment_dir(cfg, "videos") / f"dream_eval_tau{tau:g}.mp4")
         writer.close()
-        print(f"video (dream episode 0 drawn by V): {path}")
+        print(f"video (a dream of C drawn by V): {path}")
     return summary, rows
 
 
@@ -263,8 +252,6 @@ def format_table(summaries: list[Summary]) -> str:
 
 
 def write_results(folder: Path, name: str, summaries: list[Summary], rows: list[dict], extra: Optional[dict] = None) -> None:
-    from training.train_utils import atomic_path
-
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / f"eval_{name}.json") as tmp:
         tmp.write_text(json.dumps({"summaries": [asdict(s) for s in summaries], **(extra or {}), "episodes": rows}, indent=2))
@@ -343,7 +330,6 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         raise WorldModelsError(f"--episodes must be >= 1, got {episodes}")
     if method not in (*METHODS, "compare"):
         raise WorldModelsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, compare")
-    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     if dream:
         if method != "world_models":
             raise WorldModelsError(f"--dream plays a World Models agent inside its M; use --method world_models, "

@@ -23,11 +23,11 @@ from config import Config
 from training.collect import collect
 from training.train_controller import train_controller
 from training.train_mdnrnn import train_mdnrnn
-from training.train_utils import add_common_args, checkpoint_path, config_from_args, load_checkpoint, run_cli
+from training.train_utils import add_common_args, config_from_args, run_cli
 from training.train_vae import train_vae
 from utils.data import require_episodes, rollout_dir
-from utils.environment import resolve_env_id
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_path, load_checkpoint
 from utils.workers import configure_backend
 
 STAGES = ("collect", "vae", "mdnrnn", "controller")
@@ -54,7 +54,6 @@ def _require_artifact(cfg: Config, stage: str) -> None:
 
 def run_pipeline(cfg: Config, skip: frozenset[str] = frozenset(), force: frozenset[str] = frozenset()) -> dict[str, Path]:
     """Run the stages in order. `force` redoes a stage and every stage after it (they depend on it)."""
-    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     configure_backend(cfg.experiment)  # local processes or Ray, for callers that skip the CLI's config_from_args
     first_forced = min((STAGES.index(stage) for stage in force), default=len(STAGES))
     for stage in STAGES:  # before any work: a skipped stage's output must already be there
@@ -102,7 +101,6 @@ def run_iterations(cfg: Config, iterations: int, force: frozenset[str] = frozens
     """`iterations` rounds of collect -> V -> M -> C, each from the previous round's agent."""
     if iterations < 1:
         raise WorldModelsError(f"--iterations must be >= 1, got {iterations}")
-    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     outputs = []
     for iteration in range(1, iterations + 1):
         step = iteration_config(cfg, iteration)

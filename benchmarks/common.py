@@ -11,9 +11,9 @@ import torch
 
 from config import Config
 from models.agent import WorldModelPolicy
+from models.loaders import make_controller
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
-from training.train_controller import make_controller
 from utils.environment import action_size
 
 

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from benchmarks.common import untrained_policy  # noqa: E402
 from config import get_config  # noqa: E402
 from models.agent import WorldModelAgent  # noqa: E402
-from training.train_controller import run_episodes  # noqa: E402
-from utils.env_pool import EnvPool  # noqa: E402
+from training.population import run_episodes  # noqa: E402
+from utils.env_workers import EnvWorkerPool  # noqa: E402
 from utils.environment import make_env, make_frame_env, run_episode  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         single_times.append(time.perf_counter() - start)
     single_returns = np.array([episode.total_reward for episode in single])
 
-    with EnvPool(cfg.env, population * rollouts, args.workers) as pool:
+    with EnvWorkerPool(cfg.env, population * rollouts, args.workers) as pool:
         if pool.workers > 1:
             torch.set_num_threads(1)  # as stage 4 does: the env workers need the cores
         batched_times = []

@@ -5,7 +5,7 @@
 
 Dream: stage 4's `dream_rollouts`, population 64 x 16 rollouts (the paper's generation) stepping together
 inside M on the CPU, from start latents drawn as stage 4 draws them. Real: stage 4's batched evaluator
-`run_episodes` over an `EnvPool` (envs in worker processes, one VAE encode + one LSTM step per step for
+`run_episodes` over an `EnvWorkerPool` (envs in worker processes, one VAE encode + one LSTM step per step for
 all episodes), population 16 x 2 (8 x 1 with --quick): its steps/s no longer grow once every worker is
 busy, and 1024 real episodes would take minutes. V, M and C are untrained with the LunarLander-v3
 default sizes (z 32, h 256, 5 mixtures, linear C on [z, h]); speed does not depend on the weights, except
@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from benchmarks.common import untrained_policy  # noqa: E402
 from config import get_config  # noqa: E402
 from training.dream import dream_generator, dream_rollouts, sample_start_latents  # noqa: E402
-from training.train_controller import run_episodes  # noqa: E402
-from utils.env_pool import EnvPool  # noqa: E402
+from training.population import run_episodes  # noqa: E402
+from utils.env_workers import EnvWorkerPool  # noqa: E402
 from utils.environment import make_frame_env  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     real_episodes = real_population * real_rollouts
     real_params = rng.normal(0, 0.1, (real_episodes, num_params)).astype(np.float32)
     seeds = np.tile(np.arange(real_rollouts) + 1000, real_population)
-    with EnvPool(cfg.env, real_episodes, args.workers) as pool:
+    with EnvWorkerPool(cfg.env, real_episodes, args.workers) as pool:
         start = time.perf_counter()
         _, real_lengths, _ = run_episodes(policy, pool, real_params, seeds)
         real_seconds = time.perf_counter() - start

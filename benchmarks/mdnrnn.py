@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import Config, get_config  # noqa: E402
 from models.mdnrnn import MDNRNN  # noqa: E402
 from models.vae import ConvVAE, frames_to_input  # noqa: E402
-from training.train_mdnrnn import LatentCache, SequenceSampler, encode_rollouts, training_step  # noqa: E402
-from training.train_utils import make_grad_scaler, seed_everything  # noqa: E402
+from training.latents import LatentCache, encode_rollouts  # noqa: E402
+from training.train_mdnrnn import SequenceSampler, training_step  # noqa: E402
+from training.train_utils import make_grad_scaler  # noqa: E402
 from utils.data import episode_path, save_episode  # noqa: E402
 from utils.environment import Episode  # noqa: E402
+from utils.runtime import seed_everything  # noqa: E402
 
 ACTIONS = 4  # LunarLander-v3's discrete actions
 

@@ -38,7 +38,7 @@ from training.ppo_baseline import (  # noqa: E402
     ppo_update,
     torch_threads,
 )
-from training.train_utils import resolve_device, seed_everything  # noqa: E402
+from utils.runtime import resolve_device, seed_everything  # noqa: E402
 
 # What training keeps of the env's raw speed, at least. LunarLander: a Box2D step (~50 us) against a
 # batched 64-unit MLP forward (~10 us per env step) and 4 epochs of minibatch-64 updates (~50 us per

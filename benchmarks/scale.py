@@ -3,7 +3,7 @@
     python benchmarks/scale.py            # LunarLander, population 16 x 2 rollouts (a few minutes)
     python benchmarks/scale.py --quick    # population 8 x 1, shorter episodes (under a minute of generations)
 
-Stage 4's evaluator (`run_episodes` over an `EnvPool`, V, M and C batched in this process) plays the
+Stage 4's evaluator (`run_episodes` over an `EnvWorkerPool`, V, M and C batched in this process) plays the
 same generation on each backend (`utils.workers.configure_backend`): local processes, and Ray
 (`ray_address=local`: a Ray instance started on this machine, actors for the env workers). One worker
 runs in this process on either backend (no IPC for one worker), so its row is the reference for the
@@ -32,10 +32,10 @@ import torch  # noqa: E402
 
 from benchmarks.common import untrained_policy  # noqa: E402
 from config import ExperimentConfig, get_config  # noqa: E402
-from training.train_controller import run_episodes  # noqa: E402
-from utils.env_pool import EnvPool  # noqa: E402
-from utils.environment import make_frame_env  # noqa: E402
+from training.population import run_episodes  # noqa: E402
 from utils import ray_backend  # noqa: E402
+from utils.env_workers import EnvWorkerPool  # noqa: E402
+from utils.environment import make_frame_env  # noqa: E402
 from utils.workers import configure_backend  # noqa: E402
 
 BACKENDS = {"local processes": "", "ray (local instance)": "local"}
@@ -56,7 +56,7 @@ def main() -> None:
     episode_params, seeds = np.repeat(params, rollouts, axis=0), np.tile(np.arange(rollouts) + 1000, population)
     # As stage 4 does with env workers: they need the cores while V, M and C run.
     torch.set_num_threads(1)
-    with EnvPool(cfg.env, population * rollouts, 1) as pool:  # warm-up: the first torch calls are slow
+    with EnvWorkerPool(cfg.env, population * rollouts, 1) as pool:  # warm-up: the first torch calls are slow
         run_episodes(policy, pool, episode_params[:1], seeds[:1])
 
     pools, startup, ray_start = {}, {}, 0.0
@@ -68,7 +68,7 @@ def main() -> None:
             ray_start = time.perf_counter() - start
         for workers in (1, 2):
             start = time.perf_counter()
-            pools[backend, workers] = EnvPool(cfg.env, population * rollouts, workers)
+            pools[backend, workers] = EnvWorkerPool(cfg.env, population * rollouts, workers)
             startup[backend, workers] = time.perf_counter() - start
     configure_backend(ExperimentConfig())
     # Round-robin over the configurations, median per configuration: load from other processes on the

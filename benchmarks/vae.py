@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import Config, get_config  # noqa: E402
 from models.vae import ConvVAE  # noqa: E402
 from training.collect import collect  # noqa: E402
-from training.train_utils import make_grad_scaler, seed_everything  # noqa: E402
+from training.train_utils import make_grad_scaler  # noqa: E402
 from training.train_vae import mean_frame, training_step  # noqa: E402
 from utils.data import FrameChunkLoader, list_episodes, rollout_dir  # noqa: E402
+from utils.runtime import seed_everything  # noqa: E402
 
 
 def make_trainer(cfg: Config, device: torch.device):

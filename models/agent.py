@@ -16,9 +16,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from models.controller import explore_actions, outputs_to_actions, population_forward
+from models.controller import controller_input, explore_actions, outputs_to_actions, population_forward
 from models.mdnrnn import MDNRNN, Hidden, mixture_mean
 from models.vae import ConvVAE, frames_to_input
+from utils.environment import vectors_to_actions
 
 
 class PolicyStep(NamedTuple):
@@ -56,18 +57,12 @@ class WorldModelPolicy:
         """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H)."""
         z, _ = self.vae.encode(frames_to_input(frames, self.device, channels_last=False))
         z = z.float()
-        controller_input = torch.cat([z, hidden[0][0]], dim=-1) if self.inputs == "zh" else z
-        outputs = population_forward(self.layer_shapes, params, controller_input)
+        outputs = population_forward(self.layer_shapes, params, controller_input(z, hidden[0][0], self.inputs))
         action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator)
         action_vectors = explore_actions(action_vectors, self.action_space, self.exploration, self.generator)
-        log_pi, mu, _, _, _, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
-        return PolicyStep(self.to_env_actions(action_vectors), action_vectors, next_hidden, z, mixture_mean(log_pi, mu))
-
-    def to_env_actions(self, action_vectors: torch.Tensor) -> list[Any]:
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            start = int(self.action_space.start)
-            return [start + int(i) for i in action_vectors.argmax(dim=-1).tolist()]
-        return list(action_vectors.cpu().numpy().astype(self.action_space.dtype))
+        prediction, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
+        env_actions = vectors_to_actions(action_vectors.cpu().numpy(), self.action_space)
+        return PolicyStep(env_actions, action_vectors, next_hidden, z, mixture_mean(prediction.log_pi, prediction.mu))
 
 
 class WorldModelAgent:

@@ -19,6 +19,21 @@ from torch import nn
 
 from utils.errors import WorldModelsError
 
+# What C sees: "zh" = [z_t, h_t] (the full model), "z" = z_t only (the paper's ablation).
+CONTROLLER_INPUTS = ("zh", "z")
+
+
+def controller_input_size(latent_size: int, hidden_size: int, inputs: str) -> int:
+    """The width of C's input vector for `controller.inputs`."""
+    if inputs not in CONTROLLER_INPUTS:
+        raise WorldModelsError(f"unknown controller.inputs {inputs!r}; valid: {', '.join(CONTROLLER_INPUTS)}")
+    return latent_size + (hidden_size if inputs == "zh" else 0)
+
+
+def controller_input(z: torch.Tensor, h: torch.Tensor, inputs: str) -> torch.Tensor:
+    """C's input vector: z (E, latent_size) and M's h (E, hidden_size) -> (E, controller_input_size)."""
+    return torch.cat([z, h], dim=-1) if inputs == "zh" else z
+
 
 class Controller(nn.Module):
     """C for one parameter vector. x: (B, input_size) -> raw outputs (B, action_size)."""

@@ -93,14 +93,14 @@ class MDNRNN(nn.Module):
         )
         return output, hidden
 
-    def step(self, z: torch.Tensor, action: torch.Tensor, hidden: Optional[Hidden]) -> tuple[torch.Tensor, ...]:
+    def step(self, z: torch.Tensor, action: torch.Tensor, hidden: Optional[Hidden]) -> tuple[MDNOutput, Hidden]:
         """One step for agents and dreams. z: (B, latent_size), action: (B, action_size), hidden: (h, c).
 
-        Returns (log_pi, mu, log_sigma (B, K, Z), reward (B,), done_logit (B,), hidden). Runs the same
-        LSTM as `forward`, so a sequence fed step by step gives the sequence API's outputs.
+        Returns (MDNOutput with log_pi/mu/log_sigma (B, K, Z) and reward/done_logit (B,), the next (h, c)).
+        Runs the same LSTM as `forward`, so a sequence fed step by step gives the sequence API's outputs.
         """
         output, hidden = self.forward(z.unsqueeze(1), action.unsqueeze(1), hidden)
-        return (*(tensor.squeeze(1) for tensor in output), hidden)
+        return MDNOutput(*(tensor.squeeze(1) for tensor in output)), hidden
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -224,7 +224,7 @@ def _self_check() -> None:
     hidden = model.initial_state(batch, "cpu")
     stepped = []
     for t in range(steps):
-        *outputs, hidden = model.step(z[:, t], actions[:, t], hidden)
+        outputs, hidden = model.step(z[:, t], actions[:, t], hidden)
         stepped.append(outputs)
     worst = max(
         (torch.stack([s[i] for s in stepped], dim=1) - output[i]).abs().max().item() for i in range(len(output))

@@ -42,6 +42,16 @@ def frames_to_input(
     return images if channels_last else images.contiguous()
 
 
+def sample_latent(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """z ~ N(mu, exp(logvar)) by reparameterisation, z = mu + sigma * eps with eps ~ N(0, I) from `generator`
+    (torch's global one when None): mu, logvar (..., latent_size) -> z of the same shape.
+
+    The one place a latent is drawn from V's posterior: V's training pass, M's training windows and the
+    dream's start latents all call it."""
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * noise
+
+
 class ConvVAE(nn.Module):
     """The World Models ConvVAE. `latent_size` is z's width (32 in the paper)."""
 
@@ -89,18 +99,13 @@ class ConvVAE(nn.Module):
         """z: (B, latent_size) -> (B, 3, 64, 64) reconstruction in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z))
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): (B, latent_size)."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 3, 64, 64) -> (recon_logits (B, 3, 64, 64), mu, logvar (B, latent_size)).
 
         `sample=False` decodes the posterior mean instead of a sample (deterministic evaluation).
         """
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar) if sample else mu
+        z = sample_latent(mu, logvar) if sample else mu
         return self.decode_logits(z), mu, logvar
 
 

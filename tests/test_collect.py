@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.collect import collect, episode_seed, make_collect_agent
+from training.collect import collect, make_collect_agent
 from utils.data import list_episodes, load_episode, load_episode_metadata, rollout_dir
-from utils.environment import make_frame_env, run_episode
+from utils.environment import collect_episode_seed, make_frame_env, run_episode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_collects_exactly_n_episodes_that_replay_from_their_seeds(smoke_config):
     for index, path in enumerate(paths):
         stored = load_episode(path)
         meta = load_episode_metadata(path)
-        assert meta == {"seed": episode_seed(cfg, index), "env_id": "LunarLander-v3", "policy": cfg.collect.policy}
+        assert meta == {"seed": collect_episode_seed(cfg, index), "env_id": "LunarLander-v3", "policy": cfg.collect.policy}
         replay = run_episode(env, agent, meta["seed"], cfg.env.max_episode_steps)
         assert len(stored["obs"]) == replay.length <= 60
         np.testing.assert_array_equal(stored["actions"], replay.actions)

@@ -7,10 +7,9 @@ import typing
 
 import pytest
 
-from config import (PRESETS, SUPPORTED_ENVS, apply_override, config_from_dict, config_to_dict, get_config,
-                    valid_keys)
-from training.train_utils import checkpoint_config, load_checkpoint, save_checkpoint
+from config import PRESETS, SUPPORTED_ENVS, apply_override, config_from_dict, config_to_dict, get_config, valid_keys
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_config, load_checkpoint, save_checkpoint
 
 
 def test_every_supported_env_has_tuned_values_and_generic_fallback():

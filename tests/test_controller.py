@@ -10,15 +10,17 @@ import torch
 from config import get_config
 from models.agent import WorldModelAgent, WorldModelPolicy
 from models.controller import CMAES, Controller, outputs_to_actions, population_forward
+from models.loaders import load_controller_checkpoint, load_world_model_agent
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
 from tests.conftest import isolate
 from train import run_pipeline
-from training.train_controller import load_controller_checkpoint, load_world_model_agent, run_episodes, train_controller
-from training.train_utils import checkpoint_path, load_checkpoint
-from utils.env_pool import EnvPool
+from training.population import run_episodes
+from training.train_controller import train_controller
+from utils.env_workers import EnvWorkerPool
 from utils.environment import make_frame_env, run_episode
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_path, load_checkpoint
 
 
 def test_cma_es_minimises_a_shifted_sphere():
@@ -80,7 +82,7 @@ def test_batched_population_evaluation_equals_one_candidate_at_a_time(smoke_conf
     policy, num_params = _random_policy(cfg, env.action_space)
     params = np.random.default_rng(0).normal(0, 0.5, (3, num_params)).astype(np.float32)
     seeds = np.array([11, 12])
-    with EnvPool(cfg.env, num_envs=4, workers=2) as pool:  # fewer envs than episodes: runs in chunks
+    with EnvWorkerPool(cfg.env, num_envs=4, workers=2) as pool:  # fewer envs than episodes: runs in chunks
         batched, lengths, _ = run_episodes(policy, pool, np.repeat(params, 2, axis=0), np.tile(seeds, 3))
     alone = [run_episode(env, WorldModelAgent(policy, params[p]), int(seed), record=False).total_reward
              for p in range(3) for seed in seeds]

@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_pipeline_config
 
 from config import Config, get_config
-from conftest import tiny_pipeline_config
+from models.loaders import load_mdnrnn, load_vae
 from models.vae import ConvVAE
 from training.collect import collect
 from training.distributed import DistributedContext, distributed_session
-from training.train_mdnrnn import load_mdnrnn, train_mdnrnn
-from training.train_utils import checkpoint_path, experiment_dir, load_checkpoint, make_grad_scaler
-from training.train_vae import load_vae, train_vae, training_step
+from training.train_mdnrnn import train_mdnrnn
+from training.train_utils import make_grad_scaler
+from training.train_vae import train_vae, training_step
 from utils.data import FrameChunkLoader, list_episodes, load_episode, rollout_dir
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_path, experiment_dir, load_checkpoint
 
 OVERRIDES = ["collect.num_rollouts=6", "env.max_episode_steps=40", "mdnrnn.sequence_length=8"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

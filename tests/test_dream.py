@@ -11,14 +11,21 @@ import torch
 from config import get_config
 from evaluate import read_scalars
 from models.controller import CMAES, Controller
+from models.loaders import load_controller_checkpoint
 from models.mdnrnn import MDNRNN, sample_next_z
 from models.vae import ConvVAE
 from tests.conftest import isolate
-from training.dream import (decode_latents, draw_step_noise, dream_generator, dream_rollouts, episode_start_latents,
-                            sample_start_latents)
-from training.train_controller import load_controller_checkpoint, train_controller
-from training.train_utils import checkpoint_path, experiment_dir
+from training.dream import (
+    decode_latents,
+    draw_step_noise,
+    dream_generator,
+    dream_rollouts,
+    episode_start_latents,
+    sample_start_latents,
+)
+from training.train_controller import train_controller
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_path, experiment_dir
 
 BIG = 1e3  # sigmoid(+-BIG) is exactly 1 or 0 in float32
 NEVER_DONE = -1e4  # a done logit whose sigmoid is exactly 0: the Bernoulli never fires
@@ -172,7 +179,7 @@ def test_batched_dream_equals_one_candidate_at_a_time_with_the_same_random_numbe
         with torch.no_grad():
             for step in noise:
                 action = torch.nn.functional.one_hot(controller(torch.cat([z, hidden[0][0]], -1)).argmax(-1), 3).float()
-                log_pi, mu, log_sigma, reward, done_logit, hidden = model.step(z, action, hidden)
+                (log_pi, mu, log_sigma, reward, done_logit), hidden = model.step(z, action, hidden)
                 total, length = total + reward.item(), length + 1
                 z = sample_next_z(log_pi, mu, log_sigma, temperature,
                                   noise=(step.component_uniform[e : e + 1], step.normal[e : e + 1]))

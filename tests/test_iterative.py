@@ -6,16 +6,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from conftest import isolate
+
 from config import get_config
 from models.controller import explore_actions
+from models.loaders import load_world_model_agent
 from train import iteration_config, run_iterations
-from training.collect import collect, episode_seed
-from training.train_controller import load_world_model_agent
-from training.train_mdnrnn import latent_cache_path
+from training.collect import collect
+from training.latents import latent_cache_path
 from utils.data import list_episodes, load_episode, load_episode_metadata, require_episodes, rollout_dir
-from utils.environment import make_frame_env, run_episode
+from utils.environment import collect_episode_seed, make_frame_env, run_episode
 from utils.errors import WorldModelsError
 
 
@@ -53,8 +53,8 @@ def test_collecting_with_a_trained_controller_replays_the_agent(trained_lunar):
     agent, env = load_world_model_agent(source, torch.device("cpu")), make_frame_env(cfg.env)
     for index, path in enumerate(list_episodes(folder)):
         metadata = load_episode_metadata(path)
-        assert metadata["policy"] == "controller" and metadata["seed"] == episode_seed(cfg, index)
-        assert metadata["seed"] != episode_seed(source, index)  # seed_offset: fresh seeds, not iteration 1's
+        assert metadata["policy"] == "controller" and metadata["seed"] == collect_episode_seed(cfg, index)
+        assert metadata["seed"] != collect_episode_seed(source, index)  # seed_offset: fresh seeds, not iteration 1's
         stored, replayed = load_episode(path), run_episode(env, agent, metadata["seed"], 60)
         np.testing.assert_array_equal(stored["actions"], replayed.actions)
         np.testing.assert_array_equal(stored["obs"], replayed.obs)

@@ -13,24 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from config import Config, get_config
+from models.loaders import load_mdnrnn, load_vae
 from models.mdnrnn import MDNRNN, mdn_nll, sample_next_z
 from tests.conftest import TINY_PIPELINE_OVERRIDES, isolate, tiny_pipeline_config
 from training.collect import collect
-from training.train_mdnrnn import (
-    LatentCache,
-    SequenceSampler,
-    evaluate,
-    latent_cache_path,
-    load_mdnrnn,
-    load_or_encode_latents,
-    main,
-    train_mdnrnn,
-    training_step,
-)
-from training.train_utils import checkpoint_path, experiment_dir, load_checkpoint, make_grad_scaler
-from training.train_vae import load_vae, train_vae
+from training.latents import LatentCache, latent_cache_path, load_or_encode_latents
+from training.train_mdnrnn import SequenceSampler, evaluate, main, train_mdnrnn, training_step
+from training.train_utils import make_grad_scaler
+from training.train_vae import train_vae
 from utils.data import load_episode, require_episodes
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_path, experiment_dir, load_checkpoint
 
 PIPELINE_OVERRIDES = ["collect.num_rollouts=3", "env.max_episode_steps=60", "mdnrnn.sequence_length=16"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,7 +119,7 @@ def test_step_api_reproduces_sequence_api():
     output, (h_seq, c_seq) = model(z, actions)
     hidden = model.initial_state(2, "cpu")
     for t in range(9):
-        *step_out, hidden = model.step(z[:, t], actions[:, t], hidden)
+        step_out, hidden = model.step(z[:, t], actions[:, t], hidden)
         for field, value in zip(output, step_out):
             assert_close(value, field[:, t])
     assert_close(hidden[0], h_seq)

@@ -25,8 +25,8 @@ from training.ppo_baseline import (
     make_vector_env,
     train_ppo,
 )
-from training.train_utils import checkpoint_path, load_checkpoint
 from utils.errors import WorldModelsError
+from utils.files import checkpoint_path, load_checkpoint
 
 COUNTER_ENV = "PPOTestCounter-v0"
 COUNTER_LIMIT = 5  # TimeLimit truncates every episode after this many steps...

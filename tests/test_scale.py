@@ -23,10 +23,10 @@ from models.controller import CMAES
 from tests.conftest import isolate
 from tests.test_controller import _random_policy
 from training.collect import collect
-from training.train_controller import run_episodes
+from training.population import run_episodes
 from training.train_utils import add_common_args, config_from_args
 from utils.data import list_episodes, load_episode
-from utils.env_pool import EnvPool
+from utils.env_workers import EnvWorkerPool
 from utils.environment import make_frame_env
 from utils.errors import WorldModelsError
 from utils.workers import configure_backend, parallel_map, ray_address
@@ -75,11 +75,11 @@ def generation_setup():
 def reference_fitness(generation_setup):
     """The generation's fitness with every env in this process: what every backend must reproduce."""
     cfg, policy, num_params = generation_setup
-    with EnvPool(cfg.env, num_envs=8, workers=1) as pool:
+    with EnvWorkerPool(cfg.env, num_envs=8, workers=1) as pool:
         return _one_generation(pool, policy, num_params)
 
 
-def _one_generation(pool: EnvPool, policy, num_params: int) -> np.ndarray:
+def _one_generation(pool: EnvWorkerPool, policy, num_params: int) -> np.ndarray:
     """Fitness (population,) of one CMA-ES generation: 4 candidates x 2 seeded rollouts each."""
     population, rollouts = 4, 2
     solutions = CMAES(num_params, sigma=0.5, population_size=population, seed=0).ask()
@@ -92,7 +92,7 @@ def _generation_on(backend: str, killed: bool, use_backend, generation_setup) ->
     step command was sent when `killed` (the step is in flight); also the workers' pids before and after."""
     cfg, policy, num_params = generation_setup
     use_backend(backend)
-    with EnvPool(cfg.env, num_envs=8, workers=2) as pool:
+    with EnvWorkerPool(cfg.env, num_envs=8, workers=2) as pool:
         first_pids, step_async, sent = pool.pids(), pool.step_async, []
 
         def step_async_then_kill(worker: int, slots, actions) -> None:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from config import get_config
-from training.train_utils import load_checkpoint, resolve_device, save_checkpoint
 from utils.errors import WorldModelsError
+from utils.files import load_checkpoint, save_checkpoint
+from utils.runtime import resolve_device
 from utils.video import add_video, write_mp4
 
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import isolate
 
 from config import Config, get_config
-from conftest import isolate
+from models.loaders import load_vae
 from models.vae import ConvVAE, foreground_weights, frames_to_input, vae_loss
 from training import train_vae as train_vae_module
 from training.collect import collect
-from training.train_utils import checkpoint_path, experiment_dir
-from training.train_vae import best_checkpoint_path, load_vae, train_vae
+from training.train_vae import train_vae
 from utils.data import list_episodes, load_episode, rollout_dir, split_episodes
 from utils.errors import WorldModelsError
+from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir
 
 
 def make_cfg(root: Path, data_root: Path, overrides: list[str] = ()) -> Config:
@@ -203,7 +204,7 @@ def test_checkpoints_metrics_and_tensorboard_tags(one_epoch_run):
     assert checkpoint["stage"] == "vae" and checkpoint["env_id"] == "LunarLander-v3"
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 3
     assert checkpoint["best_val_loss"] == pytest.approx(checkpoint["metrics"]["val_total_loss"])
-    assert best_checkpoint_path(cfg).is_file()
+    assert best_checkpoint_path(cfg, "vae").is_file()
     events = EventAccumulator(str(experiment_dir(cfg, "logs") / "vae"), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     for split in ("train", "val"):

@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from models.loaders import load_mdnrnn, load_vae  # noqa: E402
 from models.vae import frames_to_input  # noqa: E402
-from training.train_utils import add_common_args, config_from_args, episode_seeds, resolve_device, run_cli  # noqa: E402
-from training.train_mdnrnn import load_mdnrnn  # noqa: E402
-from training.train_vae import load_vae  # noqa: E402
-from utils.environment import RandomAgent, action_to_vector, make_frame_env, resolve_env_id  # noqa: E402
+from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
+from utils.environment import RandomAgent, action_to_vector, make_frame_env  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
+from utils.runtime import episode_seeds, resolve_device  # noqa: E402
 
 # What LunarLander's 8-d state holds; other envs' dimensions are numbered.
 STATE_NAMES = {"LunarLander-v3": ("x", "y", "vx", "vy", "angle", "angular velocity", "left leg down", "right leg down")}
@@ -94,7 +94,6 @@ def main() -> None:
     if args.episodes < 4:
         raise WorldModelsError(f"--episodes must be >= 4 (3/4 fit the probe, 1/4 score it), got {args.episodes}")
     cfg = config_from_args(args)
-    cfg.env.env_id = resolve_env_id(cfg.env.env_id)
     device = resolve_device(cfg.experiment.device)
     vae = load_vae(cfg, device)
     mdnrnn = load_mdnrnn(cfg, device, vae=vae) if args.memory else None

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.train_utils import resolve_device
+from utils.runtime import resolve_device
 from utils.errors import WorldModelsError
 
 Items = TypeVar("Items", bound=Sequence)

@@ -33,9 +33,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from models.controller import outputs_to_actions, population_forward
+from config import Config
+from models.agent import WorldModelPolicy
+from models.controller import controller_input, outputs_to_actions, population_forward
 from models.mdnrnn import MDNRNN, sample_next_z
-from models.vae import ConvVAE
+from models.vae import ConvVAE, sample_latent
+from training.latents import load_or_encode_latents
+from utils.data import require_episodes
 from utils.errors import WorldModelsError
 
 # Independent random streams of the dream, one per use, so e.g. recording a video never shifts fitness.
@@ -87,13 +91,19 @@ def episode_start_latents(mu: np.ndarray, logvar: np.ndarray, offsets: np.ndarra
             torch.as_tensor(logvar[rows], dtype=torch.float32, device=device))
 
 
+def load_dream_starts(cfg: Config, vae: ConvVAE, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where `cfg`'s dreams start: V's posterior (start_mu, start_logvar), each (S, Z) on `device`, of
+    the first frame of each of the S collected episodes, read from (or written to) the latent cache."""
+    cache = load_or_encode_latents(cfg, vae, require_episodes(cfg), device)
+    # Every frame's latents can be hundreds of MB; the dream keeps the first frames' only.
+    return episode_start_latents(cache.mu, cache.logvar, cache.offsets, device)
+
+
 def sample_start_latents(start_mu: torch.Tensor, start_logvar: torch.Tensor, count: int,
                          generator: torch.Generator) -> torch.Tensor:
     """`count` start latents (count, Z): a uniformly chosen episode start each, z ~ N(mu, exp(logvar))."""
-    device = start_mu.device
-    index = torch.randint(len(start_mu), (count,), generator=generator, device=device)
-    noise = torch.randn((count, start_mu.shape[1]), generator=generator, device=device)
-    return start_mu[index] + torch.exp(0.5 * start_logvar[index]) * noise
+    index = torch.randint(len(start_mu), (count,), generator=generator, device=start_mu.device)
+    return sample_latent(start_mu[index], start_logvar[index], generator)
 
 
 @torch.no_grad()
@@ -131,15 +141,14 @@ def dream_rollouts(
         noise = draw_step_noise(generator, total, mdnrnn.num_mixtures, mdnrnn.latent_size, device)
         if record_first and active[0] == 0:
             recorded.append(z[0])
-        controller_input = torch.cat([z, hidden[0][0]], dim=-1) if inputs == "zh" else z
-        outputs = population_forward(layer_shapes, active_params, controller_input)
+        outputs = population_forward(layer_shapes, active_params, controller_input(z, hidden[0][0], inputs))
         actions = outputs_to_actions(outputs, action_space, sample_actions, generator)
-        log_pi, mu, log_sigma, reward, done_logit, hidden = mdnrnn.step(z, actions, hidden)
-        returns[active] += reward.double()
+        prediction, hidden = mdnrnn.step(z, actions, hidden)
+        returns[active] += prediction.reward.double()
         lengths[active] += 1
-        z = sample_next_z(log_pi, mu, log_sigma, temperature,
+        z = sample_next_z(prediction.log_pi, prediction.mu, prediction.log_sigma, temperature,
                           noise=(noise.component_uniform[active], noise.normal[active]))
-        running = noise.done_uniform[active] >= torch.sigmoid(done_logit)
+        running = noise.done_uniform[active] >= torch.sigmoid(prediction.done_logit)
         if not bool(running.all()):
             active, z, active_params = active[running], z[running], active_params[running]
             hidden = (hidden[0][:, running], hidden[1][:, running])
@@ -157,3 +166,13 @@ def decode_latents(vae: ConvVAE, latents: torch.Tensor, batch_size: int = 256) -
         images = vae.decode(latents[start : start + batch_size].float()).float()
         frames.append((images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy())
     return np.concatenate(frames)
+
+
+def dream_video(policy: WorldModelPolicy, params: torch.Tensor, starts: tuple[torch.Tensor, torch.Tensor],
+                temperature: float, max_steps: int, generator: torch.Generator) -> np.ndarray:
+    """What M imagines for one controller, drawn by V: a dream of C with params (N,) from a start latent
+    sampled from `starts` (`load_dream_starts`), decoded into frames (T, 64, 64, 3) uint8."""
+    start_z = sample_start_latents(*starts, 1, generator)
+    result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None], start_z, policy.action_space,
+                            temperature, max_steps, generator, policy.inputs, policy.sample_actions, record_first=True)
+    return decode_latents(policy.vae, result.first_latents)

@@ -48,20 +48,9 @@ from tqdm import tqdm
 
 from config import Config
 from models.ppo_policy import ActorCritic, RunningMeanStd, ppo_loss
-from training.train_utils import (
-    add_common_args,
-    checkpoint_config,
-    checkpoint_path,
-    config_from_args,
-    episode_seeds,
-    load_checkpoint,
-    make_writer,
-    require_match,
-    resolve_device,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-)
+from training.train_utils import add_common_args, config_from_args, run_cli
+from utils.files import checkpoint_config, checkpoint_path, load_checkpoint, make_writer, require_match, save_checkpoint
+from utils.runtime import episode_seeds, resolve_device, seed_everything
 from utils.environment import has_image_observation, is_atari, make_env, parse_env_kwargs, resolve_env_id, run_episode
 from utils.errors import WorldModelsError
 

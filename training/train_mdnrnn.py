@@ -23,10 +23,9 @@ step equals one process's in expectation. Rank 0 validates and writes the checkp
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -34,154 +33,20 @@ from torch import nn
 from tqdm import tqdm
 
 from config import Config
-from models.mdnrnn import MDNOutput, MDNRNN, masked_mean, mdnrnn_loss, mixture_mean
-from models.vae import ConvVAE, frames_to_input
+from models.loaders import env_action_size, load_mdnrnn_checkpoint, load_vae, vae_fingerprint
+from models.mdnrnn import MDNRNN, MDNOutput, masked_mean, mdnrnn_loss, mixture_mean
+from models.vae import ConvVAE, frames_to_input, sample_latent
 from training.distributed import DistributedContext, distributed_session, print_main
-from training.train_utils import (
-    atomic_path,
-    autocast,
-    checkpoint_config,
-    checkpoint_path,
-    experiment_dir,
-    load_checkpoint,
-    make_grad_scaler,
-    make_writer,
-    require_match,
-    run_cli,
-    run_stage,
-    save_checkpoint,
-    save_epoch_checkpoints,
-    seed_everything,
-)
-from training.train_vae import image_grid, load_vae, save_png
-from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
-from utils.environment import action_size, make_env, parse_env_kwargs
+from training.latents import LatentCache, latent_cache_path, load_or_encode_latents
+from training.train_utils import autocast, make_grad_scaler, run_cli, run_stage, save_epoch_checkpoints
+from utils.data import load_episode, require_episodes, split_episodes
 from utils.errors import WorldModelsError
+from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir, make_writer, require_match, save_checkpoint
+from utils.images import image_grid, save_png
+from utils.runtime import seed_everything
 
 IMAGE_SEQUENCES = 4  # validation sequences shown in the predicted-frames image
 IMAGE_STEPS = 8  # time steps per sequence in that image
-
-
-# ------------------------------------------------------------------------------------------ paths
-def best_checkpoint_path(cfg: Config) -> Path:
-    """`checkpoints/<experiment>/mdnrnn_best.pt`: the weights with the lowest validation loss."""
-    return experiment_dir(cfg, "checkpoints") / "mdnrnn_best.pt"
-
-
-def latent_cache_path(cfg: Config) -> Path:
-    """`checkpoints/<experiment>/latents.npz`: beside the VAE whose latents it holds."""
-    return experiment_dir(cfg, "checkpoints") / "latents.npz"
-
-
-# ------------------------------------------------------------------------------------ fingerprints
-def vae_fingerprint(vae: nn.Module) -> str:
-    """SHA-1 of V's weights (names, dtypes, shapes, bytes): identifies the latents V produces.
-
-    Hashing the weights rather than the file's size and mtime survives copies and ignores what
-    changes nothing (optimizer state, metrics).
-    """
-    digest = hashlib.sha1()
-    for name, tensor in sorted(vae.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def rollouts_fingerprint(paths: list[Path]) -> str:
-    """SHA-1 of the episode files' names, sizes and modification times: changes when data is added or re-collected."""
-    digest = hashlib.sha1()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
-
-
-def env_action_size(cfg: Config) -> int:
-    """A: the action vector width of `cfg`'s env (with its env_kwargs, e.g. continuous=True)."""
-    env = make_env(cfg.env.env_id, **parse_env_kwargs(cfg.env.env_kwargs))
-    size = action_size(env.action_space)
-    env.close()
-    return size
-
-
-# ------------------------------------------------------------------------------------ latent cache
-class LatentCache(NamedTuple):
-    """Every frame's V posterior, with the episode data M trains on, episodes concatenated.
-
-    mu, logvar: (N, Z) float32; actions: (N, A) float32; rewards: (N,) float32; terminated: (N,) bool;
-    offsets: (E + 1,) int64, episode e is rows offsets[e]:offsets[e+1]; episode_names: (E,) file names.
-    """
-
-    mu: np.ndarray
-    logvar: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    terminated: np.ndarray
-    offsets: np.ndarray
-    episode_names: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-@torch.no_grad()
-def encode_rollouts(
-    vae: ConvVAE, paths: list[Path], device: torch.device, batch_size: int, channels_last: bool, episodes_per_chunk: int = 64
-) -> LatentCache:
-    """Encode every frame of `paths` (in order) with V: batches of `batch_size` uint8 frames go to the
-    device, one encoder pass each. V runs in fp32: the cache serves every epoch, so precision beats a
-    one-off speed-up."""
-    episodes = [load_episode(path, keys=("actions", "rewards", "terminated")) for path in paths]
-    lengths = np.array([len(episode["rewards"]) for episode in episodes], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    total = int(offsets[-1])
-    mu = np.empty((total, vae.latent_size), dtype=np.float32)
-    logvar = np.empty_like(mu)
-    loader = FrameChunkLoader(paths, batch_size, episodes_per_chunk, seed=0, shuffle=False, drop_last=False)
-    position = 0
-    with tqdm(total=total, desc="mdnrnn encode", unit="frame") as bar:
-        for frames_uint8 in loader:
-            frames = torch.from_numpy(frames_uint8)
-            if device.type == "cuda":
-                frames = frames.pin_memory()
-            batch_mu, batch_logvar = vae.encode(frames_to_input(frames, device, channels_last))
-            mu[position : position + len(frames)] = batch_mu.float().cpu().numpy()
-            logvar[position : position + len(frames)] = batch_logvar.float().cpu().numpy()
-            position += len(frames)
-            bar.update(len(frames))
-    if position != total:
-        raise WorldModelsError(f"episode files changed while encoding ({position} frames read, {total} expected); re-run")
-    return LatentCache(
-        mu=mu,
-        logvar=logvar,
-        actions=np.concatenate([episode["actions"] for episode in episodes]).astype(np.float32),
-        rewards=np.concatenate([episode["rewards"] for episode in episodes]).astype(np.float32),
-        terminated=np.concatenate([episode["terminated"] for episode in episodes]).astype(bool),
-        offsets=offsets,
-        episode_names=np.array([path.name for path in paths]),
-    )
-
-
-def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device: torch.device) -> LatentCache:
-    """The latent cache of `paths` under V, read from disk when its fingerprints still match, else
-    encoded and written atomically."""
-    path = latent_cache_path(cfg)
-    fingerprints = {"vae_fingerprint": vae_fingerprint(vae), "rollouts_fingerprint": rollouts_fingerprint(paths)}
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
-            if not stale:
-                print_main(f"mdnrnn: latent cache {path} is up to date")
-                return LatentCache(*(archive[key] for key in LatentCache._fields))
-        print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
-    cache = encode_rollouts(vae, paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last, cfg.vae.episodes_per_chunk)
-    with atomic_path(path) as tmp_path:
-        with open(tmp_path, "wb") as handle:
-            np.savez(handle, **cache._asdict(), **{name: np.str_(value) for name, value in fingerprints.items()})
-    print(f"mdnrnn: encoded {len(cache.mu)} frames of {len(paths)} episodes into {path}")
-    return cache
 
 
 # ----------------------------------------------------------------------------------- sequences
@@ -274,8 +139,7 @@ class SequenceSampler:
 
 def sample_latents(batch: SequenceBatch, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """z ~ N(mu, exp(logvar)) for every frame of the batch: (B, L+1, Z)."""
-    noise = torch.randn(batch.mu.shape, generator=generator, device=batch.mu.device, dtype=batch.mu.dtype)
-    return batch.mu + torch.exp(0.5 * batch.logvar) * noise
+    return sample_latent(batch.mu, batch.logvar, generator)
 
 
 def batch_loss(model: MDNRNN, batch: SequenceBatch, z: torch.Tensor, cfg: Config, device: torch.device) -> tuple[MDNOutput, dict[str, torch.Tensor]]:
@@ -397,36 +261,6 @@ def prediction_image(
     return image_grid(torch.cat(padded), columns=columns)
 
 
-# --------------------------------------------------------------------------------- checkpoints
-def _load_mdnrnn_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
-    """Load an M checkpoint, refusing one of another env, latent size or architecture."""
-    checkpoint = load_checkpoint(path, "mdnrnn", env_id=cfg.env.env_id, map_location=device)
-    saved = checkpoint_config(checkpoint)
-    require_match("vae.latent_size", checkpoint["latent_size"], cfg.vae.latent_size, path)
-    require_match("mdnrnn.hidden_size", saved.mdnrnn.hidden_size, cfg.mdnrnn.hidden_size, path)
-    require_match("mdnrnn.num_mixtures", saved.mdnrnn.num_mixtures, cfg.mdnrnn.num_mixtures, path)
-    return checkpoint
-
-
-def load_mdnrnn(cfg: Config, device: Any, vae: Optional[ConvVAE] = None) -> MDNRNN:
-    """The trained M for `cfg`'s experiment, in eval mode on `device` (best weights if present, else last).
-
-    Fails with one line when there is no checkpoint, or it was trained on another env, latent size,
-    action size or architecture; given `vae`, also when M was trained on another V's latents.
-    """
-    device = torch.device(device)
-    path = best_checkpoint_path(cfg)
-    if not path.is_file():
-        path = checkpoint_path(cfg, "mdnrnn")
-    checkpoint = _load_mdnrnn_checkpoint(cfg, path, device)
-    require_match("action_size", checkpoint["action_size"], env_action_size(cfg), path)
-    if vae is not None and checkpoint["vae_fingerprint"] != vae_fingerprint(vae):
-        raise WorldModelsError(f"{path} was trained on the latents of another VAE; retrain it: python -m training.train_mdnrnn --env {cfg.env.env_id}")
-    model = MDNRNN(cfg.vae.latent_size, checkpoint["action_size"], cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval()
-
-
 def _check_mdnrnn_config(cfg: Config) -> None:
     m = cfg.mdnrnn
     for name in ("hidden_size", "num_mixtures", "sequence_length", "batch_size", "epochs", "encode_batch_size"):
@@ -453,7 +287,7 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     device = world.device
     seed_everything(world.rank_seed(cfg.experiment.seed))
     per_rank_batch = world.per_rank_batch(m.batch_size, "mdnrnn.batch_size")
-    last_path, best_path = checkpoint_path(cfg, "mdnrnn"), best_checkpoint_path(cfg)
+    last_path, best_path = checkpoint_path(cfg, "mdnrnn"), best_checkpoint_path(cfg, "mdnrnn")
     vae = load_vae(cfg, device)  # refuses a V of another env or latent size
     fingerprint = vae_fingerprint(vae)
     actions_width = env_action_size(cfg)
@@ -472,7 +306,7 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     scaler = make_grad_scaler(device, m.amp)
     start_epoch, global_step, best_val_loss = 0, 0, float("inf")
     if last_path.is_file():
-        checkpoint = _load_mdnrnn_checkpoint(cfg, last_path, device)
+        checkpoint = load_mdnrnn_checkpoint(cfg, last_path, device)
         require_match("action_size", checkpoint["action_size"], actions_width, last_path)
         if checkpoint["vae_fingerprint"] != fingerprint or not checkpoint.get("trained", True):
             print_main(f"mdnrnn: {last_path} belongs to another VAE or is untrained; training M from scratch")

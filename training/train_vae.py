@@ -3,7 +3,7 @@
     python -m training.train_vae --env LunarLander-v3 --preset smoke
 
 Frames stream from the episode files (`FrameChunkLoader`), never the whole data set in RAM. Every epoch
-writes `vae.pt` (the resume point) and, when validation improves, `vae_best.pt` (what `load_vae` serves
+writes `vae.pt` (the resume point) and, when validation improves, `vae_best.pt` (what `models.loaders.load_vae` serves
 to the later stages). Re-running the same command after an interrupt continues at the next epoch.
 
 Under `torchrun --nproc_per_node W` (see `training/distributed.py`) each of the W processes trains on
@@ -26,24 +26,15 @@ import torch
 from tqdm import tqdm
 
 from config import Config
+from models.loaders import load_vae_checkpoint
 from models.vae import RECON_LOSSES, ConvVAE, background_distance, foreground_weights, frames_to_input, vae_loss
 from training.distributed import DistributedContext, distributed_session, print_main
-from training.train_utils import (
-    autocast,
-    checkpoint_config,
-    checkpoint_path,
-    experiment_dir,
-    load_checkpoint,
-    make_grad_scaler,
-    make_writer,
-    require_match,
-    run_cli,
-    run_stage,
-    save_epoch_checkpoints,
-    seed_everything,
-)
+from training.train_utils import autocast, make_grad_scaler, run_cli, run_stage, save_epoch_checkpoints
 from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
 from utils.errors import WorldModelsError
+from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir, make_writer
+from utils.images import image_grid, save_png
+from utils.runtime import seed_everything
 
 # A pixel counts as reconstructed when every channel is within this of the target (10 of 255 levels).
 PIXEL_TOLERANCE = 10 / 255
@@ -56,37 +47,6 @@ FOREGROUND_THRESHOLD = 0.25
 GRID_FRAMES = 8
 TRAVERSAL_DIMS = 8
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
-
-
-def best_checkpoint_path(cfg: Config) -> Path:
-    """`checkpoints/<experiment>/vae_best.pt`: the weights with the lowest validation loss."""
-    return experiment_dir(cfg, "checkpoints") / "vae_best.pt"
-
-
-def _load_vae_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
-    """Load a VAE checkpoint, refusing one of another env, latent size or architecture."""
-    checkpoint = load_checkpoint(path, "vae", env_id=cfg.env.env_id, map_location=device)
-    saved = checkpoint_config(checkpoint).vae
-    require_match("vae.latent_size", saved.latent_size, cfg.vae.latent_size, path)
-    require_match("vae.batch_norm", saved.batch_norm, cfg.vae.batch_norm, path)
-    return checkpoint
-
-
-def load_vae(cfg: Config, device: Any) -> ConvVAE:
-    """The trained V for `cfg`'s experiment, in eval mode on `device` (best weights if present, else last).
-
-    Fails with one line when there is no checkpoint, or it was trained on another env or latent size.
-    """
-    device = torch.device(device)
-    path = best_checkpoint_path(cfg)
-    if not path.is_file():
-        path = checkpoint_path(cfg, "vae")
-    checkpoint = _load_vae_checkpoint(cfg, path, device)
-    model = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
-    model.load_state_dict(checkpoint["model"])
-    if cfg.vae.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval()
 
 
 def training_step(
@@ -198,28 +158,6 @@ def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
     }
 
 
-def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
-    """images: (N, 3, H, W) in [0, 1] -> (3, rows*(H+2)+2, columns*(W+2)+2) with 2-pixel grey borders."""
-    count, channels, height, width = images.shape
-    rows = -(-count // columns)
-    grid = torch.full((channels, rows * (height + 2) + 2, columns * (width + 2) + 2), 0.5)
-    for index, image in enumerate(images.float().cpu()):
-        top, left = 2 + (index // columns) * (height + 2), 2 + (index % columns) * (width + 2)
-        grid[:, top : top + height, left : left + width] = image
-    return grid
-
-
-def save_png(grid: torch.Tensor, path: Path, scale: int = 4) -> Path:
-    """Write a (3, H, W) [0, 1] image as a PNG, upscaled `scale`x (nearest) so 64x64 frames are visible."""
-    from PIL import Image
-
-    pixels = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
 @torch.no_grad()
 def reconstruction_grid(model: ConvVAE, frames_uint8: np.ndarray, cfg: Config, device: torch.device) -> torch.Tensor:
     """frames_uint8: (N, 64, 64, 3) -> a grid of the frames (top row) above their reconstructions."""
@@ -315,7 +253,7 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     device = world.device
     seed_everything(world.rank_seed(cfg.experiment.seed))
     per_rank_batch = world.per_rank_batch(v.batch_size, "vae.batch_size")
-    last_path, best_path = checkpoint_path(cfg, "vae"), best_checkpoint_path(cfg)
+    last_path, best_path = checkpoint_path(cfg, "vae"), best_checkpoint_path(cfg, "vae")
 
     model = ConvVAE(v.latent_size, v.batch_norm)
     if v.channels_last:
@@ -325,7 +263,7 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     scaler = make_grad_scaler(device, v.amp)
     start_epoch, global_step, best_val_loss = 0, 0, float("inf")
     if last_path.is_file():
-        checkpoint = _load_vae_checkpoint(cfg, last_path, device)
+        checkpoint = load_vae_checkpoint(cfg, last_path, device)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["grad_scaler"])

@@ -18,17 +18,41 @@ import copy
 import queue
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from config import Config
-from training.train_utils import atomic_path
-from utils.environment import Episode
 from utils.errors import WorldModelsError
+from utils.files import atomic_path
 
 EPISODE_KEYS = ("obs", "actions", "rewards", "terminated")
+
+
+@dataclass
+class Episode:
+    """One recorded episode in the rollout format of the design.
+
+    obs: (T, S, S, 3) uint8 — the frame before each action; actions: (T, A) float32 (one-hot for
+    discrete); rewards: (T,) float32; terminated: (T,) bool (True on the last step of a game that
+    ended, False when the step cap truncated it).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    seed: int
+
+    @property
+    def length(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def total_reward(self) -> float:
+        return float(self.rewards.sum())
 
 
 def rollout_dir(cfg: Config) -> Path:
@@ -40,10 +64,6 @@ def rollout_dir(cfg: Config) -> Path:
 
 def episode_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"ep_{index:06d}.npz"
-
-
-def episode_index(path: Path) -> int:
-    return int(Path(path).stem.split("_")[1])
 
 
 def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compress: bool = False) -> None:

@@ -1,23 +1,32 @@
-"""Environments: ids and aliases, `make_env`, the one frame preprocessing function, random policies,
-and the episode runner that collection and evaluation share.
+"""Environments: ids and aliases, `make_env`, the one frame preprocessing function, the action encoding,
+random policies, the episode runner that collection and evaluation share, and stage 1's collection loop
+(`collect_episodes`; `training/collect.py` adds the trained-agent policy to it).
 
 Run `python -m utils.environment` to step every supported environment and check its frames.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, SupportsFloat
+from typing import Any, Callable, Optional, Protocol, SupportsFloat
 
 import cv2
 import gymnasium as gym
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from config import SUPPORTED_ENVS, EnvConfig, canonical_env_id, parse_value
+from config import SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_value, valid_keys
+from utils.data import Episode, episode_path, list_episodes, load_episode, rollout_dir, save_episode
 from utils.errors import WorldModelsError
+from utils.files import ensure_writable_dir, experiment_dir, make_writer
+from utils.runtime import episode_seeds
+from utils.video import log_video
+from utils.workers import default_workers, parallel_map
 
 # pygame (Box2D rendering) looks for a display unless told there is none.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -167,11 +176,19 @@ def action_to_vector(action: Any, space: gym.Space) -> np.ndarray:
     return np.asarray(action, dtype=np.float32).reshape(space.shape)
 
 
-def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
-    """Inverse of `action_to_vector`."""
+def vectors_to_actions(vectors: np.ndarray, space: gym.Space) -> list[Any]:
+    """Inverse of `action_to_vector` for a batch: (E, A) action vectors -> E env actions (the argmax's
+    index for Discrete, the vector in the space's dtype for Box)."""
+    vectors = np.asarray(vectors)
     if isinstance(space, gym.spaces.Discrete):
-        return int(np.argmax(vector)) + int(space.start)
-    return np.asarray(vector, dtype=space.dtype)
+        start = int(space.start)
+        return [start + int(i) for i in vectors.argmax(axis=-1)]
+    return list(vectors.astype(space.dtype).reshape(len(vectors), *space.shape))
+
+
+def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
+    """Inverse of `action_to_vector`: one (A,) vector -> one env action."""
+    return vectors_to_actions(np.asarray(vector)[None], space)[0]
 
 
 # -------------------------------------------------------------------------------------- agents
@@ -181,6 +198,10 @@ class Agent(Protocol):
     def reset(self, seed: Optional[int] = None) -> None: ...
 
     def act(self, observation: np.ndarray) -> Any: ...
+
+
+# Builds the agent that plays collection episodes: (config, the env's action space) -> Agent.
+AgentFactory = Callable[[Config, gym.Space], Agent]
 
 
 class RandomAgent:
@@ -235,30 +256,6 @@ class RandomAgent:
 
 
 # ------------------------------------------------------------------------------------- episodes
-@dataclass
-class Episode:
-    """One recorded episode in the rollout format of the design.
-
-    obs: (T, S, S, 3) uint8 — the frame before each action; actions: (T, A) float32 (one-hot for
-    discrete); rewards: (T,) float32; terminated: (T,) bool (True on the last step of a game that
-    ended, False when the step cap truncated it).
-    """
-
-    obs: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    terminated: np.ndarray
-    seed: int
-
-    @property
-    def length(self) -> int:
-        return int(self.rewards.shape[0])
-
-    @property
-    def total_reward(self) -> float:
-        return float(self.rewards.sum())
-
-
 def run_episode(env: gym.Env, agent: Agent, seed: int, max_steps: Optional[int] = None, record: bool = True) -> Episode:
     """Play one episode of `agent` in `env` from `env.reset(seed=seed)`; the agent is reset with the
     same seed, so the episode is a pure function of (env, agent, seed)."""
@@ -287,6 +284,80 @@ def run_episode(env: gym.Env, agent: Agent, seed: int, max_steps: Optional[int] 
     )
 
 
+# ------------------------------------------------------------------------------------ collection
+def collect_episode_seed(cfg: Config, index: int) -> int:
+    """Collected episode `index` is always played from this env seed (disjoint from other stages' seeds)."""
+    return int(episode_seeds(cfg, "collect", cfg.collect.seed_offset + index, 1)[0])
+
+
+def make_random_agent(cfg: Config, action_space: gym.Space) -> RandomAgent:
+    """The exploration policy `collect.policy` names (uniform | repeat | random_walk)."""
+    c = cfg.collect
+    return RandomAgent(action_space, c.policy, c.repeat_min, c.repeat_max, c.walk_sigma)
+
+
+# Per-worker state, built once by `_init_collect_worker` in each worker process.
+_collect_worker: dict = {}
+
+
+def _init_collect_worker(cfg: Config, folder: Path, make_agent: AgentFactory) -> None:
+    if multiprocessing.parent_process() is not None:  # a worker process: its siblings use the other cores
+        torch.set_num_threads(1)
+    env = make_frame_env(cfg.env)
+    _collect_worker.update(cfg=cfg, env=env, agent=make_agent(cfg, env.action_space), folder=folder)
+
+
+def _collect_one(index: int) -> tuple[int, int, float]:
+    cfg: Config = _collect_worker["cfg"]
+    episode = run_episode(_collect_worker["env"], _collect_worker["agent"], collect_episode_seed(cfg, index),
+                          cfg.env.max_episode_steps)
+    save_episode(episode_path(_collect_worker["folder"], index), episode, cfg.env.env_id, cfg.collect.policy,
+                 cfg.collect.compress)
+    return index, episode.length, episode.total_reward
+
+
+def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, visualize: bool = False) -> Path:
+    """Make sure `collect.num_rollouts` episodes of `make_agent(cfg, action_space)` exist on disk in
+    `rollout_dir(cfg)`; returns that folder.
+
+    Episodes are spread over worker processes (each keeps one env and one agent alive); episode i is
+    played from `collect_episode_seed(cfg, i)` and written atomically, so a re-run after an interrupt
+    plays only the missing indices and the data set is the same whatever the number of workers.
+    `make_agent` must be a module-level function (workers rebuild the agent from it).
+    """
+    if cfg.collect.num_rollouts <= 0:
+        raise WorldModelsError(f"collect.num_rollouts must be > 0, got {cfg.collect.num_rollouts}")
+    probe_env = make_frame_env(cfg.env)  # fails early on a bad env or policy, before anything is written
+    make_agent(cfg, probe_env.action_space)
+    probe_env.close()
+    folder = ensure_writable_dir(rollout_dir(cfg))
+    for stale in folder.glob(".ep_*.tmp.npz"):  # left by a worker killed mid-write
+        stale.unlink()
+    existing = {int(p.stem.split("_")[1]) for p in list_episodes(folder)}
+    pending = [i for i in range(cfg.collect.num_rollouts) if i not in existing]
+    workers = default_workers(cfg.collect.workers)
+    print(f"collect: {cfg.env.env_id}, {len(existing)} of {cfg.collect.num_rollouts} episodes on disk in {folder}, "
+          f"{len(pending)} to play on {min(workers, max(1, len(pending)))} worker(s)")
+    writer = make_writer(cfg, "collect")
+    start, frames = time.perf_counter(), 0
+    results = parallel_map(_collect_one, pending, workers, _init_collect_worker, (cfg, folder, make_agent))
+    with tqdm(results, total=cfg.collect.num_rollouts, initial=len(existing), desc="collect", unit="ep") as bar:
+        for index, length, total_reward in bar:
+            frames += length
+            writer.add_scalar("collect/episode_return", total_reward, index)
+            writer.add_scalar("collect/episode_length", length, index)
+            bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - start):.0f}")
+    if pending:
+        writer.add_scalar("collect/frames_per_second", frames / (time.perf_counter() - start), len(existing))
+    if visualize:
+        first = list_episodes(folder)[0]
+        video = log_video(writer, "collect/episode", load_episode(first, keys=("obs",))["obs"], 0,
+                          experiment_dir(cfg, "videos") / f"collect_{first.stem}.mp4", max_tensorboard_frames=200)
+        print(f"collect: video of {first.name} at {video}")
+    writer.close()
+    return folder
+
+
 def collect_random_rollouts(env_id: str, num_rollouts: int, visualize: bool = False, **options: Any) -> Path:
     """Collect `num_rollouts` random episodes of `env_id` into `data/<env-slug>/rollouts/` (stage 1).
 
@@ -294,18 +365,18 @@ def collect_random_rollouts(env_id: str, num_rollouts: int, visualize: bool = Fa
     `collect_random_rollouts("LunarLander-v3", 100, workers=2, seed=1)`. `visualize=True` also
     writes an mp4 of the first episode under `videos/`. Returns the rollout folder.
     """
-    from config import get_config, valid_keys
-    from training.collect import collect
-
-    cfg = get_config(env_id)
-    keys = {key.split(".", 1)[1]: key for key in valid_keys(cfg) if key.split(".")[0] in ("collect", "env", "experiment")}
+    keys = {key.split(".", 1)[1]: key for key in valid_keys(Config()) if key.split(".")[0] in ("collect", "env", "experiment")}
     overrides = [f"collect.num_rollouts={num_rollouts}"]
     for name, value in options.items():
         if name not in keys:
             raise WorldModelsError(f"unknown option {name!r}; valid: {', '.join(sorted(keys))}")
         overrides.append(f"{keys[name]}={value}")
     cfg = get_config(env_id, overrides=overrides)
-    return collect(cfg, visualize=visualize)
+    if cfg.collect.policy not in RandomAgent.POLICIES:
+        raise WorldModelsError(f"collect_random_rollouts plays a random policy; collect.policy must be one of "
+                               f"{', '.join(RandomAgent.POLICIES)}, not {cfg.collect.policy!r} (use python -m training.collect)")
+    resolve_env_id(cfg.env.env_id)
+    return collect_episodes(cfg, make_random_agent, visualize)
 
 
 def _self_check() -> None:

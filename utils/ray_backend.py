@@ -1,4 +1,4 @@
-"""Ray as the worker backend: `parallel_map` and the env workers of `EnvPool` as actors on a Ray cluster.
+"""Ray as the worker backend: `parallel_map` and the env workers of `EnvWorkerPool` as actors on a Ray cluster.
 
 Chosen by `experiment.ray_address` (`utils.workers.configure_backend`): "local" starts a Ray instance on
 this machine, "auto" joins the cluster that `ray start` made this machine part of, "HOST:PORT" joins
@@ -10,7 +10,7 @@ filesystem. The repository goes on the actors' import path, and a map actor chan
 working directory, so relative folders in the config mean the same on every node.
 
 Both uses survive a lost actor: a map resubmits the item the dead actor held to a fresh one, and
-`EnvPool` replays the dead env worker's episodes (it sees `WorkerDied`, as for a local process).
+`EnvWorkerPool` replays the dead env worker's episodes (it sees `WorkerDied`, as for a local process).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from config import EnvConfig
-from utils.env_pool import LocalEnvs
+from utils.env_workers import LocalEnvs
 from utils.errors import WorldModelsError
 from utils.workers import MAX_RESTARTS, WorkerDied
 
@@ -102,7 +102,7 @@ class _MapActor(_Actor):
 
 
 class _EnvActor(_Actor, LocalEnvs):
-    """One env worker of `EnvPool`: that worker's envs, as a local process holds them."""
+    """One env worker of `EnvWorkerPool`: that worker's envs, as a local process holds them."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,7 +160,7 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: 
 
 
 class RayEnvWorker:
-    """One env worker of `EnvPool` as a Ray actor: the same `send` / `receive` as a local process."""
+    """One env worker of `EnvWorkerPool` as a Ray actor: the same `send` / `receive` as a local process."""
 
     def __init__(self, env_cfg: EnvConfig, worker: int, slots: Sequence[int], address: str):
         self.ray = connect(address)

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from training.train_utils import atomic_path
+from utils.files import atomic_path
+from utils.images import upscale
 
 
 def write_mp4(frames: np.ndarray | Sequence[np.ndarray], path: Path, fps: int = 30) -> Path:
@@ -57,6 +58,8 @@ def add_video(writer, tag: str, frames: np.ndarray, step: int, fps: int = 30) ->
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
-def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upscale of (T, H, W, C) frames, so 64x64 videos are watchable."""
-    return frames.repeat(factor, axis=1).repeat(factor, axis=2)
+def log_video(writer, tag: str, frames: np.ndarray, step: int, path: Path, max_tensorboard_frames: int = 300) -> Path:
+    """One rollout's frames (T, H, W, 3) uint8 as a TensorBoard animation under `tag` (subsampled to at
+    most `max_tensorboard_frames`, which keeps event files small) and as an mp4 at `path`, upscaled 4x."""
+    add_video(writer, tag, frames[:: max(1, len(frames) // max_tensorboard_frames)], step)
+    return write_mp4(upscale(frames, 4), path)

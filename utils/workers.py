@@ -1,6 +1,6 @@
 """The worker backend: map a function over items in worker processes, results as they finish.
 
-Stages call `parallel_map` (and `utils.env_pool.EnvPool`) and never touch a pool themselves, so they do
+Stages call `parallel_map` (and `utils.env_workers.EnvWorkerPool`) and never touch a pool themselves, so they do
 not know which backend runs their workers: local processes (the default) or actors on a Ray cluster
 (`utils/ray_backend.py`). The backend is process-global, set once from the config by
 `configure_backend` (the CLIs do it in `config_from_args`). Each worker runs `initializer(*initargs)`

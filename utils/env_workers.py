@@ -2,7 +2,7 @@
 
 Gymnasium's vector envs step every sub-env on every call and reset them automatically; population
 evaluation needs the opposite: each slot plays exactly one seeded episode and then stops, and only the
-slots still running are stepped. `EnvPool` does that. Slot i lives in worker i % workers; a call sends
+slots still running are stepped. `EnvWorkerPool` does that. Slot i lives in worker i % workers; a call sends
 each worker its slots' actions at once and then gathers, so the workers step in parallel while the
 caller waits (model inference for all slots then runs batched in the caller). `step_async` /
 `step_wait` address one worker at a time, so a caller can compute one worker's next actions while
@@ -113,11 +113,12 @@ class _ProcessWorker:
         self.connection.close()
 
 
-class EnvPool:
+class EnvWorkerPool:
     """`num_envs` frame envs of `env_cfg` over `workers` workers (1 = all in this process).
 
     reset(slots, seeds) -> frames (n, S, S, 3) uint8
-    step(slots, actions) -> frames (n, S, S, 3) uint8, rewards (n,), terminated (n,), truncated (n,)
+    step_async(worker, slots, actions), then step_wait(worker) -> frames (n, S, S, 3) uint8, rewards (n,),
+        terminated (n,), truncated (n,)
     Results come back in the order of `slots`. A slot whose episode ended must be reset before it is
     stepped again.
     """
@@ -207,28 +208,21 @@ class EnvPool:
             except WorkerDied as error:
                 cause = error
 
-    def _call(self, command: str, slots: Sequence[int], values: Sequence[Any]) -> Any:
+    def _reset_all(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
         slots = np.asarray(slots)
         owners = slots % self.workers
         groups = [(worker, np.flatnonzero(owners == worker)) for worker in range(self.workers)]
         groups = [(worker, mine) for worker, mine in groups if len(mine)]
         for worker, mine in groups:
-            self._send(worker, command, (slots[mine].tolist(), [values[i] for i in mine]))
+            self._send(worker, "reset", (slots[mine].tolist(), [int(seeds[i]) for i in mine]))
         parts = [self._receive(worker) for worker, _ in groups]
         inverse = np.argsort(np.concatenate([mine for _, mine in groups]))
-        if command == "reset":
-            return np.concatenate(parts)[inverse]
-        return [np.concatenate([part[k] for part in parts])[inverse] for k in range(4)]
+        return np.concatenate(parts)[inverse]
 
     def reset(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
         if self.local is not None:
             return self.local.reset(slots, seeds)
-        return self._call("reset", slots, list(seeds))
-
-    def step(self, slots: Sequence[int], actions: Sequence[Any]) -> tuple[np.ndarray, ...]:
-        if self.local is not None:
-            return self.local.step(slots, actions)
-        return tuple(self._call("step", slots, list(actions)))
+        return self._reset_all(slots, seeds)
 
     def worker_of(self, slots: np.ndarray) -> np.ndarray:
         """The worker each slot lives in."""
@@ -254,7 +248,7 @@ class EnvPool:
         for handle in self.handles:
             handle.close()
 
-    def __enter__(self) -> "EnvPool":
+    def __enter__(self) -> "EnvWorkerPool":
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,0 +1,146 @@
+"""Rebuild V, M, C and the World Models agent from their checkpoints.
+
+Every stage and every script loads models here, the same way: a checkpoint is refused with one line
+when it belongs to another environment, latent size, architecture, or (for M) another V.
+
+    vae = load_vae(cfg, device)                      # best weights if present, else the last epoch's
+    mdnrnn = load_mdnrnn(cfg, device, vae=vae)       # refuses an M trained on another V's latents
+    agent = load_world_model_agent(cfg, device)      # V + M + the kept-best C behind reset()/act()
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from config import Config
+from models.agent import WorldModelAgent, WorldModelPolicy
+from models.controller import Controller, controller_input_size
+from models.mdnrnn import MDNRNN
+from models.vae import ConvVAE
+from utils.environment import action_size, make_env, make_frame_env, parse_env_kwargs
+from utils.errors import WorldModelsError
+from utils.files import best_checkpoint_path, checkpoint_config, checkpoint_path, load_checkpoint, require_match
+
+
+def _served_path(cfg: Config, stage: str) -> Path:
+    """What a later stage loads: `<stage>_best.pt` if validation ever improved, else `<stage>.pt`."""
+    path = best_checkpoint_path(cfg, stage)
+    return path if path.is_file() else checkpoint_path(cfg, stage)
+
+
+# ------------------------------------------------------------------------------------------------ V
+def load_vae_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
+    """Load a VAE checkpoint, refusing one of another env, latent size or architecture."""
+    checkpoint = load_checkpoint(path, "vae", env_id=cfg.env.env_id, map_location=device)
+    saved = checkpoint_config(checkpoint).vae
+    require_match("vae.latent_size", saved.latent_size, cfg.vae.latent_size, path)
+    require_match("vae.batch_norm", saved.batch_norm, cfg.vae.batch_norm, path)
+    return checkpoint
+
+
+def load_vae(cfg: Config, device: torch.device | str) -> ConvVAE:
+    """The trained V for `cfg`'s experiment, in eval mode on `device` (best weights if present, else last).
+
+    Fails with one line when there is no checkpoint, or it was trained on another env or latent size.
+    """
+    device = torch.device(device)
+    checkpoint = load_vae_checkpoint(cfg, _served_path(cfg, "vae"), device)
+    model = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
+    model.load_state_dict(checkpoint["model"])
+    if cfg.vae.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device).eval()
+
+
+def vae_fingerprint(vae: nn.Module) -> str:
+    """SHA-1 of V's weights (names, dtypes, shapes, bytes): identifies the latents V produces.
+
+    Hashing the weights rather than the file's size and mtime survives copies and ignores what
+    changes nothing (optimizer state, metrics).
+    """
+    digest = hashlib.sha1()
+    for name, tensor in sorted(vae.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ M
+def env_action_size(cfg: Config) -> int:
+    """A: the action vector width of `cfg`'s env (with its env_kwargs, e.g. continuous=True)."""
+    env = make_env(cfg.env.env_id, **parse_env_kwargs(cfg.env.env_kwargs))
+    size = action_size(env.action_space)
+    env.close()
+    return size
+
+
+def load_mdnrnn_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
+    """Load an M checkpoint, refusing one of another env, latent size or architecture."""
+    checkpoint = load_checkpoint(path, "mdnrnn", env_id=cfg.env.env_id, map_location=device)
+    saved = checkpoint_config(checkpoint)
+    require_match("vae.latent_size", checkpoint["latent_size"], cfg.vae.latent_size, path)
+    require_match("mdnrnn.hidden_size", saved.mdnrnn.hidden_size, cfg.mdnrnn.hidden_size, path)
+    require_match("mdnrnn.num_mixtures", saved.mdnrnn.num_mixtures, cfg.mdnrnn.num_mixtures, path)
+    return checkpoint
+
+
+def load_mdnrnn(cfg: Config, device: torch.device | str, vae: Optional[ConvVAE] = None) -> MDNRNN:
+    """The trained M for `cfg`'s experiment, in eval mode on `device` (best weights if present, else last).
+
+    Fails with one line when there is no checkpoint, or it was trained on another env, latent size,
+    action size or architecture; given `vae`, also when M was trained on another V's latents.
+    """
+    device = torch.device(device)
+    path = _served_path(cfg, "mdnrnn")
+    checkpoint = load_mdnrnn_checkpoint(cfg, path, device)
+    require_match("action_size", checkpoint["action_size"], env_action_size(cfg), path)
+    if vae is not None and checkpoint["vae_fingerprint"] != vae_fingerprint(vae):
+        raise WorldModelsError(f"{path} was trained on the latents of another VAE; retrain it: python -m training.train_mdnrnn --env {cfg.env.env_id}")
+    model = MDNRNN(cfg.vae.latent_size, checkpoint["action_size"], cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------ C
+def make_controller(cfg: Config, action_space: gym.Space) -> Controller:
+    """C's architecture for `cfg` (its input per `controller.inputs`), with fresh parameters."""
+    input_size = controller_input_size(cfg.vae.latent_size, cfg.mdnrnn.hidden_size, cfg.controller.inputs)
+    return Controller(input_size, action_size(action_space), cfg.controller.hidden_sizes)
+
+
+def load_controller_checkpoint(cfg: Config, device: Any = "cpu") -> dict[str, Any]:
+    """Stage 4's checkpoint (kept-best and mean parameters, CMA-ES history), refused when its C has
+    other inputs or layers than `cfg`'s."""
+    path = checkpoint_path(cfg, "controller")
+    checkpoint = load_checkpoint(path, "controller", cfg.env.env_id, map_location=device)
+    saved = checkpoint["config"]["controller"]
+    require_match("controller.inputs", saved["inputs"], cfg.controller.inputs, path)
+    require_match("controller.hidden_sizes", tuple(saved["hidden_sizes"]), tuple(cfg.controller.hidden_sizes), path)
+    return checkpoint
+
+
+def build_policy(cfg: Config, device: torch.device, action_space: gym.Space, exploration: float = 0.0) -> WorldModelPolicy:
+    """V and M from their checkpoints (checked against cfg and each other) and C's architecture."""
+    vae = load_vae(cfg, device)
+    mdnrnn = load_mdnrnn(cfg, device, vae=vae)
+    controller = make_controller(cfg, action_space)
+    return WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space, cfg.controller.inputs,
+                            cfg.controller.sample_actions, device, cfg.experiment.seed, exploration)
+
+
+def load_world_model_agent(cfg: Config, device: torch.device | str, exploration: float = 0.0) -> WorldModelAgent:
+    """The trained World Models agent of `cfg`'s experiment: V, M and the kept-best C (its actions
+    perturbed by `explore_actions` when `exploration` > 0)."""
+    device = torch.device(device)
+    env = make_frame_env(cfg.env)
+    policy = build_policy(cfg, device, env.action_space, exploration)
+    env.close()
+    checkpoint = load_controller_checkpoint(cfg, device)
+    return WorldModelAgent(policy, checkpoint["best_params"])

@@ -1,0 +1,118 @@
+"""The latent cache: every collected frame encoded once by V, for M's training and the dream's starts.
+
+`checkpoints/<experiment>/latents.npz` holds mu and logvar per frame (float32) plus each episode's
+actions, rewards and terminal flags, and fingerprints of V's weights and of the rollout files: it is
+rebuilt when either changes, and read back otherwise. Stage 3 trains M on it; stage 4 and evaluate.py
+start dreams from its episodes' first frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import Config
+from models.loaders import vae_fingerprint
+from models.vae import ConvVAE, frames_to_input
+from training.distributed import print_main
+from utils.data import FrameChunkLoader, load_episode
+from utils.errors import WorldModelsError
+from utils.files import atomic_path, experiment_dir
+
+
+def latent_cache_path(cfg: Config) -> Path:
+    """`checkpoints/<experiment>/latents.npz`: beside the VAE whose latents it holds."""
+    return experiment_dir(cfg, "checkpoints") / "latents.npz"
+
+
+def rollouts_fingerprint(paths: list[Path]) -> str:
+    """SHA-1 of the episode files' names, sizes and modification times: changes when data is added or re-collected."""
+    digest = hashlib.sha1()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ latent cache
+class LatentCache(NamedTuple):
+    """Every frame's V posterior, with the episode data M trains on, episodes concatenated.
+
+    mu, logvar: (N, Z) float32; actions: (N, A) float32; rewards: (N,) float32; terminated: (N,) bool;
+    offsets: (E + 1,) int64, episode e is rows offsets[e]:offsets[e+1]; episode_names: (E,) file names.
+    """
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    offsets: np.ndarray
+    episode_names: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@torch.no_grad()
+def encode_rollouts(
+    vae: ConvVAE, paths: list[Path], device: torch.device, batch_size: int, channels_last: bool, episodes_per_chunk: int = 64
+) -> LatentCache:
+    """Encode every frame of `paths` (in order) with V: batches of `batch_size` uint8 frames go to the
+    device, one encoder pass each. V runs in fp32: the cache serves every epoch, so precision beats a
+    one-off speed-up."""
+    episodes = [load_episode(path, keys=("actions", "rewards", "terminated")) for path in paths]
+    lengths = np.array([len(episode["rewards"]) for episode in episodes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(offsets[-1])
+    mu = np.empty((total, vae.latent_size), dtype=np.float32)
+    logvar = np.empty_like(mu)
+    loader = FrameChunkLoader(paths, batch_size, episodes_per_chunk, seed=0, shuffle=False, drop_last=False)
+    position = 0
+    with tqdm(total=total, desc="mdnrnn encode", unit="frame") as bar:
+        for frames_uint8 in loader:
+            frames = torch.from_numpy(frames_uint8)
+            if device.type == "cuda":
+                frames = frames.pin_memory()
+            batch_mu, batch_logvar = vae.encode(frames_to_input(frames, device, channels_last))
+            mu[position : position + len(frames)] = batch_mu.float().cpu().numpy()
+            logvar[position : position + len(frames)] = batch_logvar.float().cpu().numpy()
+            position += len(frames)
+            bar.update(len(frames))
+    if position != total:
+        raise WorldModelsError(f"episode files changed while encoding ({position} frames read, {total} expected); re-run")
+    return LatentCache(
+        mu=mu,
+        logvar=logvar,
+        actions=np.concatenate([episode["actions"] for episode in episodes]).astype(np.float32),
+        rewards=np.concatenate([episode["rewards"] for episode in episodes]).astype(np.float32),
+        terminated=np.concatenate([episode["terminated"] for episode in episodes]).astype(bool),
+        offsets=offsets,
+        episode_names=np.array([path.name for path in paths]),
+    )
+
+
+def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device: torch.device) -> LatentCache:
+    """The latent cache of `paths` under V, read from disk when its fingerprints still match, else
+    encoded and written atomically."""
+    path = latent_cache_path(cfg)
+    fingerprints = {"vae_fingerprint": vae_fingerprint(vae), "rollouts_fingerprint": rollouts_fingerprint(paths)}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as archive:
+            stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
+            if not stale:
+                print_main(f"mdnrnn: latent cache {path} is up to date")
+                return LatentCache(*(archive[key] for key in LatentCache._fields))
+        print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
+    cache = encode_rollouts(vae, paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last, cfg.vae.episodes_per_chunk)
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            np.savez(handle, **cache._asdict(), **{name: np.str_(value) for name, value in fingerprints.items()})
+    print(f"mdnrnn: encoded {len(cache.mu)} frames of {len(paths)} episodes into {path}")
+    return cache
