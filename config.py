@@ -37,6 +37,16 @@ ENV_ALIASES = {
 }
 SUPPORTED_ENVS = ("ALE/Pong-v5", "ALE/Breakout-v5", "LunarLander-v3", "CarRacing-v3")
 
+# The valid values of the enumerated fields. Each list lives here once; the code that branches on a
+# field imports its list from here.
+RANDOM_POLICIES = ("uniform", "repeat", "random_walk")
+COLLECT_POLICIES = (*RANDOM_POLICIES, "controller")
+RECON_LOSSES = ("bce", "mse")
+CONTROLLER_INPUTS = ("zh", "z")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation)
+CONTROLLER_MODES = ("real", "dream")
+PPO_OBSERVATIONS = ("auto", "state", "pixels")
+PPO_VECTOR_ENVS = ("auto", "sync", "async")
+
 
 @dataclass
 class EnvConfig:
@@ -336,7 +346,8 @@ def get_config(
 ) -> Config:
     """Build the config for `environment` with the preset's values and `section.field=value` overrides.
 
-    Order of precedence (later wins): dataclass defaults, environment tuning, preset, overrides.
+    Order of precedence (later wins): dataclass defaults, environment tuning, preset, overrides. The
+    result is validated (`validate_config`): a bad value fails here, before any stage runs.
     """
     if preset not in PRESETS:
         raise WorldModelsError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
@@ -349,7 +360,7 @@ def get_config(
         set_field(cfg, key, value)
     for override in overrides or []:
         apply_override(cfg, override)
-    return cfg
+    return validate_config(cfg)
 
 
 def valid_keys(cfg: Config) -> list[str]:
@@ -429,6 +440,144 @@ def parse_value(raw: str, field_type: Any, key: str = "value") -> Any:
     if field_type is str:
         return raw
     raise WorldModelsError(f"cannot parse {key} of type {field_type}")
+
+
+# ------------------------------------------------------------------------------------ validation
+def _at_least(minimum: float) -> tuple[Any, str]:
+    return (lambda value: value >= minimum), f">= {minimum}"
+
+
+def _above(minimum: float) -> tuple[Any, str]:
+    return (lambda value: value > minimum), f"> {minimum}"
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[Any, str]:
+    return (lambda value: value in choices), f"one of {', '.join(choices)}"
+
+
+def _fraction() -> tuple[Any, str]:
+    return (lambda value: 0 <= value < 1), "in [0, 1)"
+
+
+# Every enumerated or bounded field, with its test and the words that say what is valid. Fields not
+# listed take any value of their type (names, folders, booleans). `get_config` checks them all.
+FIELD_RULES: dict[str, tuple[Any, str]] = {
+    "env.frame_size": ((lambda value: value == 64), "64 (V's architecture takes 64x64 frames)"),
+    "env.crop_top": _at_least(0),
+    "env.crop_bottom": _at_least(0),
+    "env.max_episode_steps": _at_least(1),
+    "collect.num_rollouts": _at_least(1),
+    "collect.workers": _at_least(0),
+    "collect.policy": _one_of(COLLECT_POLICIES),
+    "collect.repeat_min": _at_least(1),
+    "collect.repeat_max": _at_least(1),
+    "collect.walk_sigma": _above(0),
+    "collect.exploration": _at_least(0),
+    "collect.seed_offset": _at_least(0),
+    "vae.latent_size": _at_least(1),
+    "vae.recon_loss": _one_of(RECON_LOSSES),
+    "vae.beta": _at_least(0),
+    "vae.beta_warmup_epochs": _at_least(0),
+    "vae.kl_tolerance": _at_least(0),
+    "vae.foreground_weight": _at_least(0),
+    "vae.learning_rate": _above(0),
+    "vae.batch_size": _at_least(1),
+    "vae.epochs": _at_least(1),
+    "vae.val_fraction": _fraction(),
+    "vae.episodes_per_chunk": _at_least(1),
+    "vae.max_steps_per_epoch": _at_least(0),
+    "mdnrnn.hidden_size": _at_least(1),
+    "mdnrnn.num_mixtures": _at_least(1),
+    "mdnrnn.sequence_length": _at_least(1),
+    "mdnrnn.batch_size": _at_least(1),
+    "mdnrnn.learning_rate": _above(0),
+    "mdnrnn.epochs": _at_least(1),
+    "mdnrnn.grad_clip": _above(0),
+    "mdnrnn.reward_weight": _at_least(0),
+    "mdnrnn.done_weight": _at_least(0),
+    "mdnrnn.val_fraction": _fraction(),
+    "mdnrnn.max_steps_per_epoch": _at_least(0),
+    "mdnrnn.encode_batch_size": _at_least(1),
+    "controller.hidden_sizes": ((lambda sizes: all(size >= 1 for size in sizes)), "layer widths >= 1, e.g. 64,32 (or () for linear)"),
+    "controller.inputs": _one_of(CONTROLLER_INPUTS),
+    "controller.mode": _one_of(CONTROLLER_MODES),
+    "controller.population_size": _at_least(2),
+    "controller.sigma": _above(0),
+    "controller.generations": _at_least(1),
+    "controller.rollouts_per_candidate": _at_least(1),
+    "controller.eval_every": _at_least(1),
+    "controller.eval_episodes": _at_least(1),
+    "controller.temperature": _at_least(0),
+    "controller.dream_max_steps": _at_least(1),
+    "controller.workers": _at_least(0),
+    "controller.video_every": _at_least(0),
+    "ppo.observation": _one_of(PPO_OBSERVATIONS),
+    "ppo.total_timesteps": _at_least(1),
+    "ppo.num_envs": _at_least(1),
+    "ppo.num_steps": _at_least(1),
+    "ppo.num_minibatches": _at_least(1),
+    "ppo.update_epochs": _at_least(1),
+    "ppo.learning_rate": _above(0),
+    "ppo.gamma": ((lambda value: 0 < value <= 1), "in (0, 1]"),
+    "ppo.gae_lambda": ((lambda value: 0 <= value <= 1), "in [0, 1]"),
+    "ppo.clip_coef": _above(0),
+    "ppo.ent_coef": _at_least(0),
+    "ppo.vf_coef": _at_least(0),
+    "ppo.max_grad_norm": _above(0),
+    "ppo.target_kl": _at_least(0),
+    "ppo.frame_skip": _at_least(1),
+    "ppo.frame_stack": _at_least(1),
+    "ppo.frame_size": _at_least(8),
+    "ppo.checkpoint_every": _at_least(1),
+    "ppo.vector_env": _one_of(PPO_VECTOR_ENVS),
+    "ppo.torch_threads": _at_least(0),
+    "experiment.seed": _at_least(0),
+    "experiment.device": ((lambda value: re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None), "auto, cpu, cuda or cuda:N"),
+}
+
+
+def validate_config(cfg: Config) -> Config:
+    """Refuse, with one line naming the field, its value and what is valid, any field outside its
+    `FIELD_RULES`, and the combinations that cannot run. Returns cfg."""
+    for key, (is_valid, valid) in FIELD_RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not is_valid(value):
+            raise WorldModelsError(f"bad value {_plain(value)!r} for {key}; valid: {valid}")
+    collect, ppo = cfg.collect, cfg.ppo
+    if collect.repeat_min > collect.repeat_max:
+        raise WorldModelsError(f"collect.repeat_min={collect.repeat_min} exceeds collect.repeat_max={collect.repeat_max}")
+    if collect.policy == "controller" and not collect.controller_experiment:
+        raise WorldModelsError("collect.policy=controller needs collect.controller_experiment=<an experiment with a "
+                               "trained controller>")
+    parse_env_kwargs(cfg.env.env_kwargs)
+    batch_size = ppo.num_envs * ppo.num_steps
+    if batch_size % ppo.num_minibatches:
+        raise WorldModelsError(f"ppo.num_minibatches={ppo.num_minibatches} must divide the batch of "
+                               f"ppo.num_envs x ppo.num_steps = {batch_size}")
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def parse_env_kwargs(text: str) -> dict[str, Any]:
+    """`env.env_kwargs` text -> kwargs: `"continuous=True,gravity=-9.8"` -> `{"continuous": True, "gravity": -9.8}`."""
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "=" not in item:
+            raise WorldModelsError(f"bad env.env_kwargs item {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        for kind in (bool, int, float):
+            try:
+                kwargs[key.strip()] = parse_value(raw.strip(), kind)
+                break
+            except WorldModelsError:
+                continue
+        else:
+            kwargs[key.strip()] = raw.strip()
+    return kwargs
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from config import CONTROLLER_INPUTS
 from utils.errors import WorldModelsError
-
-# What C sees: "zh" = [z_t, h_t] (the full model), "z" = z_t only (the paper's ablation).
-CONTROLLER_INPUTS = ("zh", "z")
 
 
 def controller_input_size(latent_size: int, hidden_size: int, inputs: str) -> int:

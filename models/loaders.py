@@ -18,12 +18,12 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from config import Config
+from config import Config, parse_env_kwargs
 from models.agent import WorldModelAgent, WorldModelPolicy
 from models.controller import Controller, controller_input_size
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
-from utils.environment import action_size, make_env, make_frame_env, parse_env_kwargs
+from utils.environment import action_size, make_env, make_frame_env
 from utils.errors import WorldModelsError
 from utils.files import best_checkpoint_path, checkpoint_config, checkpoint_path, load_checkpoint, require_match
 

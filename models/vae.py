@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import RECON_LOSSES
 from utils.errors import WorldModelsError
-
-RECON_LOSSES = ("bce", "mse")
 
 
 def frames_to_input(

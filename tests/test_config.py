@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import time
 import typing
+from pathlib import Path
 
 import pytest
 
-from config import PRESETS, SUPPORTED_ENVS, apply_override, config_from_dict, config_to_dict, get_config, valid_keys
+from config import (FIELD_RULES, PRESETS, SUPPORTED_ENVS, apply_override, config_from_dict, config_to_dict, get_config,
+                    parse_value, valid_keys)
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_config, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_supported_env_has_tuned_values_and_generic_fallback():
@@ -97,3 +104,53 @@ def test_config_round_trips_through_a_checkpoint(tmp_path):
 def test_unknown_section_lists_the_sections():
     with pytest.raises(WorldModelsError, match="unknown config key 'vea.beta'; keys are section.field with section one of env, collect"):
         get_config("LunarLander-v3", overrides=["vea.beta=2"])
+
+
+# Fields whose every value of their type is meaningful: names, folders, free text, switches.
+UNBOUNDED_FIELDS = {
+    "env.env_id", "env.env_kwargs", "collect.compress", "collect.controller_experiment", "collect.extra_rollouts",
+    "vae.batch_norm", "vae.channels_last", "vae.amp", "mdnrnn.train", "mdnrnn.amp", "controller.sample_actions",
+    "ppo.anneal_lr", "ppo.clip_vloss", "ppo.normalize_observation", "ppo.normalize_reward", "ppo.grayscale",
+    "experiment.name", "experiment.data_dir", "experiment.checkpoint_dir", "experiment.log_dir", "experiment.video_dir",
+    "experiment.results_dir", "experiment.ray_address",
+}
+BAD_CANDIDATES = {int: ["-1", "0", "1", "65"], float: ["-1.0", "0.0", "1.0", "2.0"], str: ["bogus"],
+                  tuple[int, ...]: ["0"]}
+
+
+def test_every_field_is_validated_or_listed_as_free():
+    cfg = get_config("LunarLander-v3")
+    assert set(FIELD_RULES) <= set(valid_keys(cfg))
+    assert set(valid_keys(cfg)) - set(FIELD_RULES) == UNBOUNDED_FIELDS, "a new field needs a rule in config.FIELD_RULES"
+
+
+def test_get_config_refuses_every_out_of_range_or_unknown_value():
+    cfg = get_config("LunarLander-v3")
+    for key, (is_valid, valid) in FIELD_RULES.items():
+        section, name = key.split(".")
+        hint = typing.get_type_hints(type(getattr(cfg, section)))[name]
+        bad = [text for text in BAD_CANDIDATES[hint] if not is_valid(parse_value(text, hint, key))]
+        assert bad, f"no candidate value violates the rule of {key}"
+        with pytest.raises(WorldModelsError, match=f"bad value .* for {key}; valid: "):
+            get_config("LunarLander-v3", overrides=[f"{key}={bad[0]}"])
+
+
+def test_combinations_that_cannot_run_are_refused():
+    with pytest.raises(WorldModelsError, match="repeat_min=5 exceeds collect.repeat_max=2"):
+        get_config("LunarLander-v3", overrides=["collect.repeat_min=5", "collect.repeat_max=2"])
+    with pytest.raises(WorldModelsError, match="needs collect.controller_experiment"):
+        get_config("LunarLander-v3", overrides=["collect.policy=controller"])
+    with pytest.raises(WorldModelsError, match="must divide the batch"):
+        get_config("LunarLander-v3", overrides=["ppo.num_minibatches=3"])
+    with pytest.raises(WorldModelsError, match="bad env.env_kwargs item 'continuous'"):
+        get_config("LunarLander-v3", overrides=["env.env_kwargs=continuous"])
+
+
+def test_a_bad_value_stops_train_py_at_once_with_exit_2_and_nothing_written(tmp_path):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--env", "LunarLander-v3", "--preset", "smoke",
+                             "--set", "controller.inputs=hz"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: bad value 'hz' for controller.inputs; valid: one of zh, z"]
+    assert list(tmp_path.iterdir()) == []  # no data/, checkpoints/ or logs/
+    assert time.perf_counter() - started < 30

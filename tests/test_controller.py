@@ -13,7 +13,7 @@ from models.controller import CMAES, Controller, outputs_to_actions, population_
 from models.loaders import load_controller_checkpoint, load_world_model_agent
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
-from tests.conftest import isolate
+from tests.conftest import isolate, tiny_pipeline_config
 from train import run_pipeline
 from training.population import run_episodes
 from training.train_controller import train_controller
@@ -162,3 +162,27 @@ def test_smoke_pipeline_runs_on_pong_and_leaves_loadable_checkpoints(tmp_path):
         assert load_checkpoint(checkpoint_path(cfg, stage), stage, "ALE/Pong-v5")["stage"] == stage
     agent = load_world_model_agent(cfg, "cpu")
     assert agent.act(np.zeros((64, 64, 3), np.uint8)) in range(6)
+
+
+def test_stages_and_evaluation_in_one_process_leave_the_thread_count_as_they_found_it(tmp_path, monkeypatch):
+    """Stage 4 plays its envs in worker processes on one torch thread; train.py runs every stage (and
+    --iterations every round) in one process, so V and M of a later stage must get their threads back."""
+    import training.train_controller as stage_4
+    from evaluate import evaluate
+
+    torch.set_num_threads(2)
+    threads_while_playing = []
+
+    def recording_run_episodes(*args, **kwargs):
+        threads_while_playing.append(torch.get_num_threads())
+        return run_episodes(*args, **kwargs)
+
+    monkeypatch.setattr(stage_4, "run_episodes", recording_run_episodes)
+    cfg = tiny_pipeline_config(tmp_path, "threads", ["collect.num_rollouts=3", "env.max_episode_steps=30",
+                                                     "controller.workers=2", "controller.generations=1",
+                                                     "controller.population_size=2", "controller.video_every=0"])
+    run_pipeline(cfg)
+    assert threads_while_playing and set(threads_while_playing) == {1}
+    assert torch.get_num_threads() == 2
+    evaluate(cfg, "world_models", episodes=2, workers=1)
+    assert torch.get_num_threads() == 2

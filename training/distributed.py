@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.runtime import resolve_device
 from utils.errors import WorldModelsError
+from utils.runtime import resolve_device
 
 Items = TypeVar("Items", bound=Sequence)
 

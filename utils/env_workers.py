@@ -25,7 +25,9 @@ import numpy as np
 
 from config import EnvConfig
 from utils.environment import make_frame_env
-from utils.workers import MAX_RESTARTS, WorkerDied, default_workers, ray_address
+from utils.errors import MAX_RESTARTS, WorkerDied
+from utils.ray_backend import PidActor, actor_crashed, connect, remote_actor_class
+from utils.workers import default_workers, ray_address
 
 
 class LocalEnvs:
@@ -113,6 +115,42 @@ class _ProcessWorker:
         self.connection.close()
 
 
+class _EnvActor(PidActor, LocalEnvs):
+    """One env worker of `EnvWorkerPool` on Ray: that worker's envs, as a local process holds them."""
+
+
+class RayEnvWorker:
+    """One env worker of `EnvWorkerPool` as a Ray actor: the same `send` / `receive` as a local process."""
+
+    def __init__(self, env_cfg: EnvConfig, worker: int, slots: Sequence[int], address: str):
+        self.ray = connect(address)
+        self.worker = worker
+        self.actor = remote_actor_class(_EnvActor).remote(env_cfg, list(slots))
+        self.result_ref: Any = None
+        self.pid: Optional[int] = None
+
+    def _get(self, ref: Any) -> Any:
+        try:
+            return self.ray.get(ref)
+        except Exception as error:
+            if actor_crashed(self.ray, error):
+                raise WorkerDied(f"env worker {self.worker} (Ray actor, pid {self.pid}) died") from error
+            raise
+
+    def wait_ready(self) -> None:
+        self.pid = self._get(self.actor.pid.remote())
+
+    def send(self, command: str, payload: tuple) -> None:
+        self.result_ref = getattr(self.actor, command).remote(*payload)
+
+    def receive(self) -> Any:
+        ref, self.result_ref = self.result_ref, None
+        return self._get(ref)
+
+    def close(self) -> None:
+        self.ray.kill(self.actor)
+
+
 class EnvWorkerPool:
     """`num_envs` frame envs of `env_cfg` over `workers` workers (1 = all in this process).
 
@@ -149,8 +187,6 @@ class EnvWorkerPool:
     def _start_worker(self, worker: int) -> Any:
         slots = range(worker, self.num_envs, self.workers)
         if self.ray_address:
-            from utils.ray_backend import RayEnvWorker
-
             return RayEnvWorker(self.env_cfg, worker, slots, self.ray_address)
         return _ProcessWorker(self.env_cfg, worker, slots)
 

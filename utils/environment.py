@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_value, valid_keys
+from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
 from utils.data import Episode, episode_path, list_episodes, load_episode, rollout_dir, save_episode
 from utils.errors import WorldModelsError
 from utils.files import ensure_writable_dir, experiment_dir, make_writer
@@ -65,24 +65,6 @@ def resolve_env_id(env_id: str) -> str:
 
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
-
-
-def parse_env_kwargs(text: str) -> dict[str, Any]:
-    """`"continuous=True,gravity=-9.8"` -> `{"continuous": True, "gravity": -9.8}`."""
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if "=" not in item:
-            raise WorldModelsError(f"bad env.env_kwargs item {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        for kind in (bool, int, float):
-            try:
-                kwargs[key.strip()] = parse_value(raw.strip(), kind)
-                break
-            except WorldModelsError:
-                continue
-        else:
-            kwargs[key.strip()] = raw.strip()
-    return kwargs
 
 
 def make_env(env_id: str, render_mode: Optional[str] = None, max_episode_steps: Optional[int] = None, **kwargs: Any) -> gym.Env:
@@ -214,7 +196,7 @@ class RandomAgent:
       the paper's continuous-control follow-ups use.
     """
 
-    POLICIES = ("uniform", "repeat", "random_walk")
+    POLICIES = RANDOM_POLICIES
 
     def __init__(self, space: gym.Space, policy: str = "uniform", repeat_min: int = 1, repeat_max: int = 8, walk_sigma: float = 0.3):
         if policy not in self.POLICIES:

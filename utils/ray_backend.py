@@ -1,4 +1,5 @@
-"""Ray as the worker backend: `parallel_map` and the env workers of `EnvWorkerPool` as actors on a Ray cluster.
+"""Ray as the worker backend: `parallel_map` on actors of a Ray cluster, and the pieces `EnvWorkerPool`'s
+Ray env workers (`utils/env_workers.py`) are made of.
 
 Chosen by `experiment.ray_address` (`utils.workers.configure_backend`): "local" starts a Ray instance on
 this machine, "auto" joins the cluster that `ray start` made this machine part of, "HOST:PORT" joins
@@ -23,10 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from config import EnvConfig
-from utils.env_workers import LocalEnvs
-from utils.errors import WorldModelsError
-from utils.workers import MAX_RESTARTS, WorkerDied
+from utils.errors import MAX_RESTARTS, WorldModelsError
 
 INSTALL_COMMAND = "pip install -r requirements-distributed.txt"
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -76,18 +74,18 @@ def _by_import_name(function: Optional[Callable[..., Any]]) -> Optional[Callable
     return getattr(importlib.import_module(module_name), function.__qualname__)
 
 
-def _crashed(ray: Any, error: Exception) -> bool:
+def actor_crashed(ray: Any, error: Exception) -> bool:
     """A lost actor (retry elsewhere), as opposed to an actor whose constructor raised (a bug: re-raise)."""
     return isinstance(error, ray.exceptions.RayActorError) and not error.actor_init_failed
 
 
-class _Actor:
+class PidActor:
     def pid(self) -> int:
         """The actor's process id (tests kill it by pid)."""
         return os.getpid()
 
 
-class _MapActor(_Actor):
+class _MapActor(PidActor):
     """One worker of `parallel_map`: runs the initializer once, then `function` on item after item."""
 
     def __init__(self, driver_cwd: str, function: Callable[[Any], Any], initializer: Optional[Callable[..., None]],
@@ -101,12 +99,8 @@ class _MapActor(_Actor):
         return self.function(item)
 
 
-class _EnvActor(_Actor, LocalEnvs):
-    """One env worker of `EnvWorkerPool`: that worker's envs, as a local process holds them."""
-
-
 @functools.lru_cache(maxsize=None)
-def _remote(actor_class: type) -> Any:
+def remote_actor_class(actor_class: type) -> Any:
     # One CPU each: Ray spreads the actors over the nodes by free cores (`default_workers` asks for no
     # more actors than the cluster has cores).
     return import_ray().remote(num_cpus=1)(actor_class)
@@ -118,7 +112,7 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: 
     even when actors die mid-map (each holds one item at a time; a lost one goes to a fresh actor)."""
     ray = connect(address)
     function, initializer = _by_import_name(function), _by_import_name(initializer)
-    actor_class = _remote(_MapActor)
+    actor_class = remote_actor_class(_MapActor)
     waiting = deque(range(len(items)))
     in_flight: dict[Any, tuple[Any, int]] = {}  # result ref -> (actor, item index)
     losses = [0] * len(items)
@@ -142,7 +136,7 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: 
             try:
                 result = ray.get(ready)
             except Exception as error:
-                if not _crashed(ray, error):
+                if not actor_crashed(ray, error):
                     raise
                 losses[index] += 1
                 if losses[index] > MAX_RESTARTS:
@@ -157,35 +151,3 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: 
     finally:
         for actor in actors:
             ray.kill(actor)
-
-
-class RayEnvWorker:
-    """One env worker of `EnvWorkerPool` as a Ray actor: the same `send` / `receive` as a local process."""
-
-    def __init__(self, env_cfg: EnvConfig, worker: int, slots: Sequence[int], address: str):
-        self.ray = connect(address)
-        self.worker = worker
-        self.actor = _remote(_EnvActor).remote(env_cfg, list(slots))
-        self.result_ref: Any = None
-        self.pid: Optional[int] = None
-
-    def _get(self, ref: Any) -> Any:
-        try:
-            return self.ray.get(ref)
-        except Exception as error:
-            if _crashed(self.ray, error):
-                raise WorkerDied(f"env worker {self.worker} (Ray actor, pid {self.pid}) died") from error
-            raise
-
-    def wait_ready(self) -> None:
-        self.pid = self._get(self.actor.pid.remote())
-
-    def send(self, command: str, payload: tuple) -> None:
-        self.result_ref = getattr(self.actor, command).remote(*payload)
-
-    def receive(self) -> Any:
-        ref, self.result_ref = self.result_ref, None
-        return self._get(ref)
-
-    def close(self) -> None:
-        self.ray.kill(self.actor)

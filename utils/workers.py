@@ -15,15 +15,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from config import ExperimentConfig
 
-# How often in a row one piece of work may lose its worker before the run gives up: a worker that
-# dies again and again on the same work is a bug, not bad luck.
-MAX_RESTARTS = 3
-
 _backend = {"ray_address": ""}
-
-
-class WorkerDied(Exception):
-    """A worker process vanished (killed, crashed, its node lost): its state and pending work are gone."""
 
 
 def configure_backend(experiment: ExperimentConfig) -> None:
