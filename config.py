@@ -243,7 +243,7 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         "mdnrnn.sequence_length": 64,
         "controller.rollouts_per_candidate": 4,
         "controller.generations": 60,
-        # rl-zoo's tuned LunarLander values; gymnasium-notes.md lists them.
+        # rl-baselines3-zoo's tuned hyperparameters for PPO on LunarLander.
         "ppo.total_timesteps": 1_000_000,
         "ppo.num_envs": 16,
         "ppo.num_steps": 1024,

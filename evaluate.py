@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from config import Config
 from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
+from models.ppo_agent import PPOAgent
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
-from training.ppo_baseline import PPOAgent, make_ppo_eval_env
+from training.ppo_envs import make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import RandomAgent, make_frame_env, run_episode
 from utils.errors import WorldModelsError

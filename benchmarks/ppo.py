@@ -28,17 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import Config, get_config  # noqa: E402
-from training.ppo_baseline import (  # noqa: E402
-    Rollout,
-    build_policy,
-    choose_vector_env,
-    collect_rollout,
-    compute_gae,
-    make_vector_env,
-    ppo_update,
-    torch_threads,
-)
-from utils.runtime import resolve_device, seed_everything  # noqa: E402
+from models.ppo_agent import build_policy  # noqa: E402
+from training.ppo_baseline import ppo_torch_threads, ppo_update  # noqa: E402
+from training.ppo_envs import choose_vector_env, make_vector_env  # noqa: E402
+from training.ppo_rollout import Rollout, collect_rollout, compute_gae  # noqa: E402
+from utils.runtime import resolve_device, seed_everything, torch_threads  # noqa: E402
 
 # What training keeps of the env's raw speed, at least. LunarLander: a Box2D step (~50 us) against a
 # batched 64-unit MLP forward (~10 us per env step) and 4 epochs of minibatch-64 updates (~50 us per
@@ -141,17 +135,19 @@ def main() -> None:
             overrides += [f"ppo.num_steps={steps}", f"ppo.num_minibatches={base.ppo.num_envs * steps // minibatch}"]
         cfg = get_config(env_id, overrides=overrides)
         device = resolve_device(cfg.experiment.device)
-        torch.set_num_threads(torch_threads(cfg))
+        threads = ppo_torch_threads(cfg)
         iterations = 1 if args.quick else 2
         ratios, speeds = {}, {}
-        for kind in args.kinds.split(","):
-            envs = make_vector_env(cfg, kind)
-            raw = raw_sps(envs, cfg.ppo.num_steps * (1 if args.quick else 2))
-            trained = ppo_sps(cfg, envs, iterations)
-            envs.close()
-            ratios[kind], speeds[kind] = trained / raw, trained
-            rows.append((env_id, kind, cfg.ppo.num_envs, cfg.ppo.num_steps, raw, trained, trained / raw))
-            print(f"  {env_id:16s} {kind:5s}: raw {raw:8.0f} steps/s   ppo {trained:7.0f} steps/s", flush=True)
+        # Scoped, so each case starts from torch's own count rather than the previous case's choice.
+        with torch_threads(threads):
+            for kind in args.kinds.split(","):
+                envs = make_vector_env(cfg, kind)
+                raw = raw_sps(envs, cfg.ppo.num_steps * (1 if args.quick else 2))
+                trained = ppo_sps(cfg, envs, iterations)
+                envs.close()
+                ratios[kind], speeds[kind] = trained / raw, trained
+                rows.append((env_id, kind, cfg.ppo.num_envs, cfg.ppo.num_steps, raw, trained, trained / raw))
+                print(f"  {env_id:16s} {kind:5s}: raw {raw:8.0f} steps/s   ppo {trained:7.0f} steps/s", flush=True)
         chosen = choose_vector_env(cfg)
         best = max(speeds, key=speeds.get)
         target = TARGETS["cuda" if device.type == "cuda" else "cpu"][name]
@@ -162,7 +158,7 @@ def main() -> None:
     print(f"\n{'env':16s} {'kind':5s} {'envs':>4s} {'steps':>5s} {'raw SPS':>9s} {'PPO SPS':>9s} {'ratio':>6s}")
     for env_id, kind, envs_n, steps, raw, trained, ratio in rows:
         print(f"{env_id:16s} {kind:5s} {envs_n:4d} {steps:5d} {raw:9.0f} {trained:9.0f} {ratio:6.2f}")
-    print(f"device: {device}, CPU cores: {os.cpu_count()}, torch threads (last case): {torch.get_num_threads()}")
+    print(f"device: {device}, CPU cores: {os.cpu_count()}, torch threads (last case): {threads}")
     for line in results:
         print(line)
 

@@ -1,4 +1,4 @@
-"""The direction of dependencies (DESIGN.md): config -> utils -> models -> training -> scripts.
+"""The direction of dependencies: config -> utils -> models -> training -> scripts.
 
 Every import statement of every module counts, those inside functions included: a lazy import is
 still a dependency, and hiding one in a function is how cycles crept in before.

@@ -12,21 +12,13 @@ import torch
 
 from config import Config, get_config
 from models.ppo_policy import ActorCritic, ppo_loss
-from training.ppo_baseline import (
-    EpisodicLife,
-    PPOAgent,
-    Rollout,
-    build_policy,
-    collect_rollout,
-    compute_gae,
-    evaluate_ppo,
-    make_ppo_env,
-    make_ppo_eval_env,
-    make_vector_env,
-    train_ppo,
-)
+from models.ppo_agent import PPOAgent, build_policy
+from training.ppo_baseline import evaluate_ppo, ppo_torch_threads, train_ppo
+from training.ppo_envs import EpisodicLife, make_ppo_env, make_ppo_eval_env, make_vector_env
+from training.ppo_rollout import Rollout, collect_rollout, compute_gae
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, load_checkpoint
+from utils.runtime import torch_threads
 
 COUNTER_ENV = "PPOTestCounter-v0"
 COUNTER_LIMIT = 5  # TimeLimit truncates every episode after this many steps...
@@ -125,7 +117,8 @@ def test_clipped_value_loss_stops_the_gradient_once_the_value_moved_past_the_cli
 
 # ----------------------------------------------------------------------------- episode boundaries
 def test_rollout_never_pairs_an_observation_with_the_next_episode(tmp_path):
-    cfg = tiny_config(tmp_path, COUNTER_ENV, "ppo.num_envs=3", "ppo.num_steps=23")
+    # One minibatch: get_config requires ppo.num_minibatches to divide the 3 x 23 batch (no update runs here).
+    cfg = tiny_config(tmp_path, COUNTER_ENV, "ppo.num_envs=3", "ppo.num_steps=23", "ppo.num_minibatches=1")
     envs = make_vector_env(cfg, "sync")
     policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space)
     rollout = Rollout.allocate(cfg.ppo.num_steps, cfg.ppo.num_envs, policy, torch.device("cpu"))
@@ -217,6 +210,15 @@ def test_resume_continues_with_the_saved_step_and_optimizer_state(tmp_path, caps
     capsys.readouterr()
     train_ppo(cfg)
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_training_restores_the_callers_torch_thread_count(tmp_path):
+    cfg = tiny_config(tmp_path, "CartPole-v1", "ppo.total_timesteps=128")
+    with torch_threads(3):
+        before = torch.get_num_threads()
+        assert ppo_torch_threads(cfg) != before  # training really runs on another count (1 for a state env)
+        train_ppo(cfg)
+        assert torch.get_num_threads() == before
 
 
 def test_agent_round_trip_on_the_eval_env_uses_the_saved_normalisation(tmp_path):

@@ -1,0 +1,211 @@
+"""The environments PPO trains and is evaluated on: one env's wrapper stack, and the vector env.
+
+* Observations: `ppo.observation=auto` gives Atari and other image envs pixels, the others their own
+  state vector. Pixels are `(frame_stack * C, S, S)` uint8 (C = 1 grayscale, 3 colour); frame stacking
+  lives in the env (`FrameStackObservation`), so the policy and `PPOAgent` are stateless.
+* Atari: the env is made with `frameskip=1` (ALE v5 would skip 4 frames itself), then
+  AtariPreprocessing (30 no-op reset, max-pooled frame skip, 84x84 grayscale), and for training an
+  episodic-life wrapper, fire-on-reset and sign-clipped rewards. Logged returns are whole games before
+  clipping: `RecordEpisodeStatistics` sits below the training-only wrappers.
+* Vector envs use `AutoresetMode.SAME_STEP`: a sub-env that ends an episode is reset inside the same
+  `step()`, whose observation is already the next episode's first one, and the last observation of the
+  ended episode comes in `infos["final_obs"]` (see `training/ppo_rollout.py` for how it is used).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache, partial
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.wrappers import (
+    AddRenderObservation,
+    AtariPreprocessing,
+    FrameStackObservation,
+    GrayscaleObservation,
+    RecordEpisodeStatistics,
+    RepeatAction,
+    ReshapeObservation,
+    ResizeObservation,
+    TransformObservation,
+    TransformReward,
+)
+
+from config import Config
+from utils.environment import has_image_observation, is_atari, make_env, parse_env_kwargs, resolve_env_id
+from utils.errors import WorldModelsError
+
+OBSERVATIONS = ("auto", "state", "pixels")
+VECTOR_ENVS = ("auto", "sync", "async")
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+class EpisodicLife(gym.Wrapper):
+    """Training only: a lost life ends the episode for the learner, but the game goes on.
+
+    The next `reset()` then continues the same game with a no-op step instead of restarting it
+    (Mnih et al. 2015); the real reset happens only when the game is over. Gymnasium's
+    `AtariPreprocessing(terminal_on_life_loss=True)` would end the whole game instead.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives = 0
+        self.game_over = True
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return observation, reward, terminated, truncated, info
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        if self.game_over:
+            observation, info = self.env.reset(**kwargs)
+        else:
+            observation, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                observation, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return observation, info
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after every reset: games such as Breakout stand still until the player serves."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        self.env.reset(**kwargs)
+        for action in (1, 2):
+            observation, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                observation, info = self.env.reset(**kwargs)
+        return observation, info
+
+
+class FireOnLifeLoss(gym.Wrapper):
+    """Evaluation only: press FIRE after a lost life. In training a lost life ends the learner's episode
+    and `FireReset` serves; in a whole-game evaluation nothing would, and a deterministic policy that
+    never learned to press FIRE would stand still until the time limit (27,000 steps in Breakout)."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        observation, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return observation, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives and not (terminated or truncated):
+            observation, serve_reward, terminated, truncated, info = self.env.step(1)
+            reward += serve_reward
+        self.lives = lives
+        return observation, reward, terminated, truncated, info
+
+
+# ------------------------------------------------------------------------------------- observations
+@lru_cache(maxsize=None)
+def is_image_env(env_id: str) -> bool:
+    """Whether the env's own observation is an RGB image (Atari, CarRacing) rather than a state vector."""
+    if is_atari(env_id):
+        return True
+    probe = gym.make(env_id)
+    image = has_image_observation(probe.observation_space)
+    probe.close()
+    return image
+
+
+def resolve_observation(cfg: Config) -> str:
+    """`ppo.observation` with `auto` decided: Atari and image envs -> pixels, the others -> state."""
+    choice = cfg.ppo.observation
+    if choice not in OBSERVATIONS:
+        raise WorldModelsError(f"unknown ppo.observation {choice!r}; valid: {', '.join(OBSERVATIONS)}")
+    env_id = resolve_env_id(cfg.env.env_id)
+    image_env = is_image_env(env_id)
+    if choice == "auto":
+        return "pixels" if image_env else "state"
+    if choice == "state" and image_env:
+        raise WorldModelsError(f"{env_id} has only image observations; use ppo.observation=pixels or auto")
+    return choice
+
+
+# -------------------------------------------------------------------------------------- one env
+def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None) -> gym.Env:
+    """One env as PPO sees it. Observations: `(frame_stack * C, S, S)` uint8 for pixels (C = 1
+    grayscale, 3 colour), the env's own `(D,)` vector for state. `training` adds the wrappers that
+    change the task the learner optimises (episodic life, reward sign clipping), never used at evaluation.
+    """
+    env_id = resolve_env_id(cfg.env.env_id)
+    ppo = cfg.ppo
+    kwargs = parse_env_kwargs(cfg.env.env_kwargs)
+    if resolve_observation(cfg) == "state":
+        return RecordEpisodeStatistics(make_env(env_id, render_mode=render_mode, **kwargs))
+    if is_atari(env_id):
+        env = make_env(env_id, render_mode=render_mode, frameskip=1, **kwargs)
+        env = AtariPreprocessing(env, noop_max=30, frame_skip=ppo.frame_skip, screen_size=ppo.frame_size,
+                                 terminal_on_life_loss=False, grayscale_obs=ppo.grayscale)
+        env = RecordEpisodeStatistics(env)
+        if training:
+            env = EpisodicLife(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireReset(env if training else FireOnLifeLoss(env))
+        if training:
+            env = TransformReward(env, lambda reward: float(np.sign(reward)))
+    else:
+        renders = not is_image_env(env_id)
+        env = make_env(env_id, render_mode="rgb_array" if renders else render_mode, **kwargs)
+        if ppo.frame_skip > 1:
+            env = RepeatAction(env, ppo.frame_skip)
+        if renders:
+            env = AddRenderObservation(env, render_only=True)
+        if ppo.grayscale:
+            env = GrayscaleObservation(env)
+        env = ResizeObservation(env, (ppo.frame_size, ppo.frame_size))
+        env = RecordEpisodeStatistics(env)
+    if not ppo.grayscale:
+        height, width, channels = env.observation_space.shape
+        env = TransformObservation(env, lambda frame: np.moveaxis(frame, -1, 0),
+                                   gym.spaces.Box(0, 255, (channels, height, width), np.uint8))
+    env = FrameStackObservation(env, ppo.frame_stack)
+    if not ppo.grayscale:
+        stack, channels, height, width = env.observation_space.shape
+        env = ReshapeObservation(env, (stack * channels, height, width))
+    return env
+
+
+def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Optional[str] = None) -> gym.Env:
+    """A single env with training's observation pipeline minus the training-only wrappers; rewards
+    are the true ones and an Atari episode is a whole game. `seed` seeds its first reset."""
+    env = make_ppo_env(cfg, training=False, render_mode=render_mode)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+# ------------------------------------------------------------------------------------ vector env
+def choose_vector_env(cfg: Config) -> str:
+    """`ppo.vector_env` with `auto` decided. Worker processes pay only where a step costs more than the
+    inter-process round trip (pixel envs, not LunarLander's ~50 us Box2D step) and where spare cores
+    exist: on 2 cores they fight the CNN update for the CPU and halve Pong's PPO SPS (benchmarks/ppo.py)."""
+    choice = cfg.ppo.vector_env
+    if choice not in VECTOR_ENVS:
+        raise WorldModelsError(f"unknown ppo.vector_env {choice!r}; valid: {', '.join(VECTOR_ENVS)}")
+    if choice == "auto":
+        pays = resolve_observation(cfg) == "pixels" and cfg.ppo.num_envs > 1 and (os.cpu_count() or 1) >= 4
+        return "async" if pays else "sync"
+    return choice
+
+
+def make_vector_env(cfg: Config, kind: Optional[str] = None) -> VectorEnv:
+    """`cfg.ppo.num_envs` training envs of `kind` (sync | async; None: `choose_vector_env`), autoreset
+    in the same step (see the module docstring). Observations are batched: `(N, *obs_shape)`."""
+    kind = kind or choose_vector_env(cfg)
+    thunks = [partial(make_ppo_env, cfg, True) for _ in range(cfg.ppo.num_envs)]
+    vector_class = AsyncVectorEnv if kind == "async" else SyncVectorEnv
+    return vector_class(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
