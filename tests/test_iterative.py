@@ -62,9 +62,9 @@ def test_collecting_with_a_trained_controller_replays_the_agent(trained_lunar):
 
 
 def test_collecting_with_a_controller_needs_its_experiment(smoke_config):
-    cfg = smoke_config("LunarLander-v3", ["collect.policy=controller"])
+    # get_config refuses it, so the stage never starts.
     with pytest.raises(WorldModelsError, match="collect.controller_experiment"):
-        collect(cfg)
+        collect(smoke_config("LunarLander-v3", ["collect.policy=controller"]))
 
 
 def test_iteration_configs_chain_agents_and_union_the_data(smoke_config):

@@ -34,12 +34,10 @@ from gymnasium.wrappers import (
     TransformReward,
 )
 
-from config import Config
+from config import PPO_OBSERVATIONS, PPO_VECTOR_ENVS, Config
 from utils.environment import has_image_observation, is_atari, make_env, parse_env_kwargs, resolve_env_id
 from utils.errors import WorldModelsError
 
-OBSERVATIONS = ("auto", "state", "pixels")
-VECTOR_ENVS = ("auto", "sync", "async")
 
 
 # ------------------------------------------------------------------------------------------ wrappers
@@ -123,8 +121,8 @@ def is_image_env(env_id: str) -> bool:
 def resolve_observation(cfg: Config) -> str:
     """`ppo.observation` with `auto` decided: Atari and image envs -> pixels, the others -> state."""
     choice = cfg.ppo.observation
-    if choice not in OBSERVATIONS:
-        raise WorldModelsError(f"unknown ppo.observation {choice!r}; valid: {', '.join(OBSERVATIONS)}")
+    if choice not in PPO_OBSERVATIONS:
+        raise WorldModelsError(f"unknown ppo.observation {choice!r}; valid: {', '.join(PPO_OBSERVATIONS)}")
     env_id = resolve_env_id(cfg.env.env_id)
     image_env = is_image_env(env_id)
     if choice == "auto":
@@ -194,8 +192,8 @@ def choose_vector_env(cfg: Config) -> str:
     inter-process round trip (pixel envs, not LunarLander's ~50 us Box2D step) and where spare cores
     exist: on 2 cores they fight the CNN update for the CPU and halve Pong's PPO SPS (benchmarks/ppo.py)."""
     choice = cfg.ppo.vector_env
-    if choice not in VECTOR_ENVS:
-        raise WorldModelsError(f"unknown ppo.vector_env {choice!r}; valid: {', '.join(VECTOR_ENVS)}")
+    if choice not in PPO_VECTOR_ENVS:
+        raise WorldModelsError(f"unknown ppo.vector_env {choice!r}; valid: {', '.join(PPO_VECTOR_ENVS)}")
     if choice == "auto":
         pays = resolve_observation(cfg) == "pixels" and cfg.ppo.num_envs > 1 and (os.cpu_count() or 1) >= 4
         return "async" if pays else "sync"
