@@ -29,7 +29,8 @@ from config import Config, get_config  # noqa: E402
 from models.mdnrnn import MDNRNN  # noqa: E402
 from models.vae import ConvVAE, frames_to_input  # noqa: E402
 from training.latents import LatentCache, encode_rollouts  # noqa: E402
-from training.train_mdnrnn import SequenceSampler, training_step  # noqa: E402
+from training.sequences import SequenceSampler  # noqa: E402
+from training.train_mdnrnn import training_step  # noqa: E402
 from training.train_utils import make_grad_scaler  # noqa: E402
 from utils.data import episode_path, save_episode  # noqa: E402
 from utils.environment import Episode  # noqa: E402

@@ -59,7 +59,7 @@ def images_per_second(cfg: Config, device: torch.device, batches, steps: int, wa
         frames_uint8 = next(iterator)
         losses = training_step(model, optimizer, scaler, frames_uint8, 1.0, cfg, device, precision, background)
         images += len(frames_uint8)
-    losses["total"].item()  # waits for the device's queue, so the clock covers every step
+    losses["total_loss"].item()  # waits for the device's queue, so the clock covers every step
     return images / (time.perf_counter() - start)
 
 

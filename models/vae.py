@@ -128,9 +128,9 @@ def vae_loss(
     shrink the KL under that budget, which keeps latents from collapsing early.
     pixel_weight: None, or (B, 1, 64, 64) weights of each pixel's reconstruction loss
     (`foreground_weights`).
-    Returns {"total", "recon", "kl"}: total = the reconstruction loss (pixel-weighted when pixel_weight
-    is given) + beta * kl (kl after clamping); "recon" is always the unweighted sum, so runs with and
-    without weights compare.
+    Returns {"total_loss", "recon_loss", "kl_loss"}: total = the reconstruction loss (pixel-weighted when
+    pixel_weight is given) + beta * kl (kl after clamping); "recon_loss" is always the unweighted sum, so
+    runs with and without weights compare.
     """
     if recon not in RECON_LOSSES:
         raise WorldModelsError(f"unknown vae.recon_loss {recon!r}; valid: {', '.join(RECON_LOSSES)}")
@@ -146,7 +146,7 @@ def vae_loss(
     if kl_tolerance > 0:
         kl_per_sample = kl_per_sample.clamp(min=kl_tolerance * mu.shape[1])
     kl_loss = kl_per_sample.mean()
-    return {"total": fitted_recon + beta * kl_loss, "recon": recon_loss, "kl": kl_loss}
+    return {"total_loss": fitted_recon + beta * kl_loss, "recon_loss": recon_loss, "kl_loss": kl_loss}
 
 
 def background_distance(frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,7 @@ def _self_check() -> None:
         losses = []
         for _ in range(10):
             recon_logits, mu, logvar = model(x)
-            loss = vae_loss(recon_logits, x, mu, logvar, beta=1.0, recon=recon)["total"]
+            loss = vae_loss(recon_logits, x, mu, logvar, beta=1.0, recon=recon)["total_loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

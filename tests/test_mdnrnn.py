@@ -18,7 +18,8 @@ from models.mdnrnn import MDNRNN, mdn_nll, sample_next_z
 from tests.conftest import TINY_PIPELINE_OVERRIDES, isolate, tiny_pipeline_config
 from training.collect import collect
 from training.latents import LatentCache, latent_cache_path, load_or_encode_latents
-from training.train_mdnrnn import SequenceSampler, evaluate, main, train_mdnrnn, training_step
+from training.sequences import SequenceSampler
+from training.train_mdnrnn import main, train_mdnrnn, training_step, validate
 from training.train_utils import make_grad_scaler
 from training.train_vae import train_vae
 from utils.data import load_episode, require_episodes
@@ -166,13 +167,13 @@ def test_learns_a_deterministic_latent_rule_far_better_than_copying():
     device = torch.device("cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdnrnn.learning_rate)
     scaler = make_grad_scaler(device, False)
-    before = evaluate(model, val, cfg, device)
+    before = validate(model, val, cfg, device)
     rng = np.random.default_rng(0)
     for _ in range(20):
         episodes, starts = train.epoch_windows(rng)
         for index in range(0, len(episodes) - 15, 16):
             training_step(model, optimizer, scaler, train.gather(episodes[index : index + 16], starts[index : index + 16]), cfg, device)
-    after = evaluate(model, val, cfg, device)
+    after = validate(model, val, cfg, device)
     assert after["nll"] < before["nll"] - 2.0
     # z ~ N(mu, e^-10) is mu here, so both baselines are "nothing changes"; M must have learnt the rule.
     assert after["prediction_error"] < 0.1 * min(after["copy_baseline_error"], after["copy_mean_baseline_error"])

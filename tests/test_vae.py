@@ -93,9 +93,9 @@ def test_bce_loss_matches_hand_computation():
     bce = [sum(math.log1p(math.exp(l)) - t * l for l, t in zip(ls, ts)) for ls, ts in zip(LOGITS, TARGET)]
     kl = [_hand_kl(m, lv) for m, lv in zip(MU, LOGVAR)]
     losses = vae_loss(*_loss_inputs(), beta=2.0, recon="bce")
-    assert losses["recon"].item() == pytest.approx(sum(bce) / 2, rel=1e-5)
-    assert losses["kl"].item() == pytest.approx(sum(kl) / 2, rel=1e-5)
-    assert losses["total"].item() == pytest.approx(sum(bce) / 2 + 2.0 * sum(kl) / 2, rel=1e-5)
+    assert losses["recon_loss"].item() == pytest.approx(sum(bce) / 2, rel=1e-5)
+    assert losses["kl_loss"].item() == pytest.approx(sum(kl) / 2, rel=1e-5)
+    assert losses["total_loss"].item() == pytest.approx(sum(bce) / 2 + 2.0 * sum(kl) / 2, rel=1e-5)
 
 
 def test_mse_loss_and_free_bits_match_hand_computation():
@@ -106,9 +106,9 @@ def test_mse_loss_and_free_bits_match_hand_computation():
     assert kl[0] < 1.0 < kl[1]
     clamped = [max(k, 1.0) for k in kl]
     losses = vae_loss(*_loss_inputs(), beta=0.5, recon="mse", kl_tolerance=0.5)
-    assert losses["recon"].item() == pytest.approx(sum(mse) / 2, rel=1e-5)
-    assert losses["kl"].item() == pytest.approx(sum(clamped) / 2, rel=1e-5)
-    assert losses["total"].item() == pytest.approx(sum(mse) / 2 + 0.5 * sum(clamped) / 2, rel=1e-5)
+    assert losses["recon_loss"].item() == pytest.approx(sum(mse) / 2, rel=1e-5)
+    assert losses["kl_loss"].item() == pytest.approx(sum(clamped) / 2, rel=1e-5)
+    assert losses["total_loss"].item() == pytest.approx(sum(mse) / 2 + 0.5 * sum(clamped) / 2, rel=1e-5)
     with pytest.raises(WorldModelsError, match="valid: bce, mse"):
         vae_loss(*_loss_inputs(), beta=1.0, recon="l1")
 
@@ -127,8 +127,8 @@ def test_foreground_weights_scale_each_pixel_loss_by_its_distance_from_the_backg
     weighted = vae_loss(logits, target, mu, logvar, beta=1.0, recon="mse", pixel_weight=weights)
     per_pixel = (0.5 - target) ** 2  # sigmoid(0) = 0.5
     expected = (per_pixel * weights).flatten(1).sum(1).mean()
-    assert weighted["total"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert weighted["recon"].item() == pytest.approx(plain["recon"].item(), rel=1e-6)  # recon stays unweighted
+    assert weighted["total_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert weighted["recon_loss"].item() == pytest.approx(plain["recon_loss"].item(), rel=1e-6)  # recon stays unweighted
 
 
 def _small_object_frames(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -25,123 +25,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from config import Config
 from models.loaders import env_action_size, load_mdnrnn_checkpoint, load_vae, vae_fingerprint
 from models.mdnrnn import MDNRNN, MDNOutput, masked_mean, mdnrnn_loss, mixture_mean
-from models.vae import ConvVAE, frames_to_input, sample_latent
-from training.distributed import DistributedContext, distributed_session, print_main
-from training.latents import LatentCache, latent_cache_path, load_or_encode_latents
-from training.train_utils import autocast, make_grad_scaler, run_cli, run_stage, save_epoch_checkpoints
+from models.vae import ConvVAE, frames_to_input
+from training.distributed import DistributedContext, print_main
+from training.epochs import EpochLoop, run_data_parallel
+from training.latents import latent_cache_path, load_or_encode_latents
+from training.sequences import SequenceBatch, SequenceSampler, sample_latents
+from training.train_utils import autocast, run_cli, run_stage
 from utils.data import load_episode, require_episodes, split_episodes
 from utils.errors import WorldModelsError
-from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir, make_writer, require_match, save_checkpoint
+from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir, require_match, save_checkpoint
 from utils.images import image_grid, save_png
-from utils.runtime import seed_everything
 
 IMAGE_SEQUENCES = 4  # validation sequences shown in the predicted-frames image
 IMAGE_STEPS = 8  # time steps per sequence in that image
 
 
-# ----------------------------------------------------------------------------------- sequences
-class SequenceBatch(NamedTuple):
-    """Windows of L steps plus the frame after them. mu, logvar: (B, L+1, Z); actions: (B, L, A);
-    rewards, dones: (B, L) float32; valid: (B, L+1) bool, false on padding past an episode's end."""
-
-    mu: torch.Tensor
-    logvar: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    dones: torch.Tensor
-    valid: torch.Tensor
-
-    def to(self, device: torch.device) -> "SequenceBatch":
-        if device.type != "cuda":
-            return self
-        return SequenceBatch(*(tensor.pin_memory().to(device, non_blocking=True) for tensor in self))
-
-
-class SequenceSampler:
-    """Cuts windows out of a LatentCache's episodes with one vectorised gather per batch.
-
-    A window starting at `start` of episode e covers rows start .. start+L of that episode (L inputs
-    and the frame after the last one); rows past the episode's end repeat its last row and are masked.
-    """
-
-    def __init__(self, cache: LatentCache, episode_ids: np.ndarray, sequence_length: int):
-        self.sequence_length = sequence_length
-        self.episode_ids = np.asarray(episode_ids, dtype=np.int64)
-        self.offsets, self.lengths = cache.offsets, cache.lengths
-        # Torch views of the numpy arrays (no copy): index_select gathers a batch in one call per field.
-        self.fields = {name: torch.from_numpy(getattr(cache, name)) for name in ("mu", "logvar", "actions", "rewards", "terminated")}
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.lengths[self.episode_ids].sum())
-
-    def windows_per_episode(self) -> np.ndarray:
-        """ceil(T / L) per episode: an epoch of that many windows shows about every frame once."""
-        return np.ceil(self.lengths[self.episode_ids] / self.sequence_length).astype(np.int64)
-
-    def epoch_windows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(episode ids, starts), shuffled: ceil(T/L) windows per episode of length T.
-
-        Starts are drawn uniformly from [-(L-1), T-1] and clipped to [0, T-L]: every frame, the first
-        and last included, is covered with the same probability (a plain uniform start in [0, T-L]
-        would almost never show M an episode's final, done-carrying step), and windows stay full.
-        """
-        length = self.sequence_length
-        counts = self.windows_per_episode()
-        episode_lengths = self.lengths[self.episode_ids]
-        episodes = np.repeat(self.episode_ids, counts)
-        totals = np.repeat(episode_lengths, counts)
-        raw = rng.integers(-(length - 1), totals)
-        starts = np.clip(raw, 0, np.maximum(totals - length, 0))
-        order = rng.permutation(len(episodes))
-        return episodes[order], starts[order]
-
-    def eval_windows(self) -> tuple[np.ndarray, np.ndarray]:
-        """(episode ids, starts) of consecutive windows covering every step of every episode once."""
-        counts = self.windows_per_episode()
-        episodes = np.repeat(self.episode_ids, counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        starts = (np.arange(len(episodes)) - first) * self.sequence_length
-        return episodes, starts
-
-    def gather(self, episodes: np.ndarray, starts: np.ndarray) -> SequenceBatch:
-        """The windows (episodes[i], starts[i]) as a CPU SequenceBatch."""
-        positions = starts[:, None] + np.arange(self.sequence_length + 1)
-        lengths = self.lengths[episodes][:, None]
-        valid = positions < lengths
-        rows = torch.from_numpy(self.offsets[episodes][:, None] + np.minimum(positions, lengths - 1))
-        flat = rows.reshape(-1)
-
-        def take(name: str, steps: slice) -> torch.Tensor:
-            values = self.fields[name].index_select(0, flat)
-            return values.reshape(*rows.shape, *values.shape[1:])[:, steps]
-
-        inputs = slice(0, self.sequence_length)
-        return SequenceBatch(
-            mu=take("mu", slice(None)),
-            logvar=take("logvar", slice(None)),
-            actions=take("actions", inputs),
-            rewards=take("rewards", inputs),
-            dones=take("terminated", inputs).float(),
-            valid=torch.from_numpy(valid),
-        )
-
-
-def sample_latents(batch: SequenceBatch, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """z ~ N(mu, exp(logvar)) for every frame of the batch: (B, L+1, Z)."""
-    return sample_latent(batch.mu, batch.logvar, generator)
-
-
+# ------------------------------------------------------------------------------- training step
 def batch_loss(model: MDNRNN, batch: SequenceBatch, z: torch.Tensor, cfg: Config, device: torch.device) -> tuple[MDNOutput, dict[str, torch.Tensor]]:
     """M's outputs and losses on a batch already on `device`, with sampled latents z (B, L+1, Z)."""
     with autocast(device, cfg.mdnrnn.amp):
@@ -176,7 +84,7 @@ def training_step(
 
 # ---------------------------------------------------------------------------------- validation
 @torch.no_grad()
-def evaluate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch.device) -> dict[str, float]:
+def validate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch.device) -> dict[str, float]:
     """Validation metrics over every step of the sampler's episodes, M fed z sampled as in training
     (with a fixed seed, so epochs compare). Squared errors are summed over latent dims and measured
     against the true posterior mean mu_{t+1}:
@@ -275,19 +183,16 @@ def train_mdnrnn(cfg: Config) -> Path:
     """Train (or resume training) M on V's latents of `cfg`'s rollouts; returns `checkpoints/<experiment>/mdnrnn.pt`.
 
     With `mdnrnn.train=false`, writes a seeded untrained M there instead (the paper's ablation).
-    One process, or one of the processes `torchrun` started (data-parallel: see the module docstring).
+    Under `torchrun`, each process takes its own stride of the epoch's windows (see the module docstring).
     """
     _check_mdnrnn_config(cfg)
-    with distributed_session(cfg.experiment.device) as world:
-        return _train_mdnrnn(cfg, world)
+    return run_data_parallel(_train_mdnrnn, cfg)
 
 
 def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     m = cfg.mdnrnn
     device = world.device
-    seed_everything(world.rank_seed(cfg.experiment.seed))
     per_rank_batch = world.per_rank_batch(m.batch_size, "mdnrnn.batch_size")
-    last_path, best_path = checkpoint_path(cfg, "mdnrnn"), best_checkpoint_path(cfg, "mdnrnn")
     vae = load_vae(cfg, device)  # refuses a V of another env or latent size
     fingerprint = vae_fingerprint(vae)
     actions_width = env_action_size(cfg)
@@ -295,35 +200,24 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     identity = dict(latent_size=cfg.vae.latent_size, action_size=actions_width, vae_fingerprint=fingerprint)
 
     if not m.train:
+        last_path = checkpoint_path(cfg, "mdnrnn")
         if world.is_main:
-            best_path.unlink(missing_ok=True)  # else load_mdnrnn would serve an older trained M
+            best_checkpoint_path(cfg, "mdnrnn").unlink(missing_ok=True)  # else load_mdnrnn would serve an older trained M
             save_checkpoint(last_path, "mdnrnn", cfg, model=model.state_dict(), epoch=0, global_step=0,
                             best_val_loss=float("inf"), metrics={}, trained=False, **identity)
             print(f"mdnrnn: mdnrnn.train=false: wrote an untrained M (seed {cfg.experiment.seed}) to {last_path}")
         return last_path
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=m.learning_rate)
-    scaler = make_grad_scaler(device, m.amp)
-    start_epoch, global_step, best_val_loss = 0, 0, float("inf")
-    if last_path.is_file():
-        checkpoint = load_mdnrnn_checkpoint(cfg, last_path, device)
-        require_match("action_size", checkpoint["action_size"], actions_width, last_path)
+    loop = EpochLoop("mdnrnn", cfg, world, model, m.learning_rate, m.amp, m.epochs)
+    if loop.last_path.is_file():
+        checkpoint = load_mdnrnn_checkpoint(cfg, loop.last_path, device)
+        require_match("action_size", checkpoint["action_size"], actions_width, loop.last_path)
         if checkpoint["vae_fingerprint"] != fingerprint or not checkpoint.get("trained", True):
-            print_main(f"mdnrnn: {last_path} belongs to another VAE or is untrained; training M from scratch")
+            print_main(f"mdnrnn: {loop.last_path} belongs to another VAE or is untrained; training M from scratch")
             if world.is_main:
-                best_path.unlink(missing_ok=True)
-        else:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scaler.load_state_dict(checkpoint["grad_scaler"])
-            start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
-            best_val_loss = checkpoint["best_val_loss"]
-            if start_epoch >= m.epochs:
-                print_main(f"mdnrnn: all {m.epochs} epochs already done in {last_path}; nothing to train")
-                return last_path
-            print_main(f"mdnrnn: resuming from {last_path} at epoch {start_epoch + 1} of {m.epochs}")
-    for group in optimizer.param_groups:  # a learning rate changed with --set applies on resume too
-        group["lr"] = m.learning_rate
+                loop.best_path.unlink(missing_ok=True)
+        elif not loop.resume(checkpoint):
+            return loop.last_path
     train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
     paths = require_episodes(cfg)
@@ -348,71 +242,44 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     print_main(f"mdnrnn: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({train_sampler.num_frames} frames, "
                f"{steps_per_epoch} steps/epoch of {m.batch_size} x {m.sequence_length}), {len(val_paths)} validation episodes")
 
-    writer = make_writer(cfg, "mdnrnn") if world.is_main else None
+    writer = loop.open_writer()  # None on ranks other than 0
     png_path = experiment_dir(cfg, "logs") / "mdnrnn" / "predictions.png"
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, m.epochs):
+    for epoch in loop.remaining_epochs():
         # Seeded by epoch, so a resumed run draws the windows and latents an uninterrupted one would have.
         # The windows are drawn alike on every rank (one seed), the latent noise is each rank's own.
         rng = np.random.default_rng([cfg.experiment.seed, epoch])
         generator = torch.Generator(device).manual_seed(world.rank_seed(cfg.experiment.seed * 100_003 + epoch))
         episodes, starts = (world.shard(array) for array in train_sampler.epoch_windows(rng))
-        sums = {name: torch.zeros((), device=device) for name in ("nll", "reward_loss", "done_loss", "total_loss")}
-        data_seconds, start = 0.0, time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"mdnrnn epoch {epoch + 1}/{m.epochs}", unit="step", disable=not world.is_main)
+        data_seconds = 0.0
+        loop.begin_epoch(epoch, steps_per_epoch)
         for step in range(steps_per_epoch):
             data_start = time.perf_counter()
             window = slice(step * per_rank_batch, (step + 1) * per_rank_batch)
             batch = train_sampler.gather(episodes[window], starts[window]).to(device)
             data_seconds += time.perf_counter() - data_start
-            losses = training_step(train_model, optimizer, scaler, batch, cfg, device, generator)
-            for name in sums:
-                sums[name] += losses[name]
-            global_step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                global_losses = world.mean(losses)
-                if world.is_main:
-                    for name, value in global_losses.items():
-                        writer.add_scalar(f"mdnrnn/train/{name}", value, global_step)
-                    bar.set_postfix(nll=f"{global_losses['nll']:.3f}")
-        bar.close()
-        seconds = time.perf_counter() - start
-        sequences_per_second = steps_per_epoch * m.batch_size / seconds
-        train_losses = world.mean({name: value / steps_per_epoch for name, value in sums.items()})
+            losses = training_step(train_model, loop.optimizer, loop.scaler, batch, cfg, device, generator)
+            logged = loop.end_step(step, losses)
+            if logged is not None:
+                loop.bar.set_postfix(nll=f"{logged['nll']:.3f}")
+        train_losses = loop.end_training()
         if not world.is_main:
             continue  # rank 0 validates and writes; this rank waits for it at the next epoch's first all_reduce
 
-        val = evaluate(model, val_sampler, cfg, device)
-        metrics = {f"train_{name}": value for name, value in train_losses.items()}
-        metrics.update({f"val_{name}": value for name, value in val.items()})
-        metrics.update(sequences_per_second=sequences_per_second, data_wait_share=data_seconds / seconds)
-        for name, value in val.items():
-            writer.add_scalar(f"mdnrnn/val/{name}", value, global_step)
-        writer.add_scalar("mdnrnn/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("mdnrnn/sequences_per_second", sequences_per_second, global_step)
-        writer.add_scalar("mdnrnn/data_wait_share", data_seconds / seconds, global_step)
+        val = validate(model, val_sampler, cfg, device)
         grid = prediction_image(model, vae, val_sampler, image_frames, cfg, device)
         if grid is not None:
             writer.add_image("mdnrnn/val/predicted_frames", grid, epoch + 1)
             save_png(grid, png_path)
-
-        improved = val["total_loss"] < best_val_loss
-        best_val_loss = min(best_val_loss, val["total_loss"])
-        payload = dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(),
-            epoch=epoch + 1, global_step=global_step, best_val_loss=best_val_loss, metrics=metrics, trained=True, **identity,
-        )
-        save_epoch_checkpoints(last_path, best_path, improved, "mdnrnn", cfg, **payload)
-        print(f"mdnrnn: epoch {epoch + 1}/{m.epochs}  train nll {metrics['train_nll']:.3f}  val nll {val['nll']:.3f}  "
+        sequences_per_second = steps_per_epoch * m.batch_size / loop.epoch_seconds
+        throughput = dict(sequences_per_second=sequences_per_second, data_wait_share=data_seconds / loop.epoch_seconds)
+        improved = loop.end_epoch(epoch, train_losses, val, throughput, trained=True, **identity)
+        print(f"mdnrnn: epoch {epoch + 1}/{m.epochs}  train nll {train_losses['nll']:.3f}  val nll {val['nll']:.3f}  "
               f"val prediction error {val['prediction_error']:.3f} (copy z {val['copy_baseline_error']:.3f}, copy mu {val['copy_mean_baseline_error']:.3f})  "
               f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f})  "
               f"{sequences_per_second:.0f} seq/s{'  (best)' if improved else ''}")
-    if not world.is_main:
-        return last_path
-    writer.close()
-    print(f"mdnrnn: checkpoint {last_path}, best {best_path}, predicted frames in {png_path}")
-    return last_path
+    loop.close()
+    print_main(f"mdnrnn: checkpoint {loop.last_path}, best {loop.best_path}, predicted frames in {png_path}")
+    return loop.last_path
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,7 +1,7 @@
 """What the stage scripts share: their command line, and mixed precision for V and M.
 
 Files, checkpoints and seeds are in `utils/` (`utils.files`, `utils.runtime`), rebuilding models from
-checkpoints in `models/loaders.py`.
+checkpoints in `models/loaders.py`, the epoch / resume / best-checkpoint loop of V and M in `training/epochs.py`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -17,7 +16,6 @@ import torch
 from config import Config, get_config
 from utils.environment import resolve_env_id
 from utils.errors import WorldModelsError
-from utils.files import save_checkpoint
 from utils.workers import configure_backend
 
 
@@ -90,11 +88,3 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def make_grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
     return torch.amp.GradScaler(device.type, enabled=enabled and amp_dtype(device) == torch.float16)
-
-
-def save_epoch_checkpoints(last_path: Path, best_path: Path, improved: bool, stage: str, cfg: Config,
-                           **payload: Any) -> None:
-    """End of an epoch: always the last checkpoint (for resume), and the best one when validation improved."""
-    if improved:
-        save_checkpoint(best_path, stage, cfg, **payload)
-    save_checkpoint(last_path, stage, cfg, **payload)

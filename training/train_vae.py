@@ -17,24 +17,22 @@ ranks take the steps of the smallest shard. Rank 0 validates and writes the chec
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from config import Config
 from models.loaders import load_vae_checkpoint
 from models.vae import RECON_LOSSES, ConvVAE, background_distance, foreground_weights, frames_to_input, vae_loss
-from training.distributed import DistributedContext, distributed_session, print_main
-from training.train_utils import autocast, make_grad_scaler, run_cli, run_stage, save_epoch_checkpoints
+from training.distributed import DistributedContext, print_main
+from training.epochs import EpochLoop, run_data_parallel
+from training.train_utils import autocast, run_cli, run_stage
 from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
 from utils.errors import WorldModelsError
-from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir, make_writer
+from utils.files import experiment_dir
 from utils.images import image_grid, save_png
-from utils.runtime import seed_everything
 
 # A pixel counts as reconstructed when every channel is within this of the target (10 of 255 levels).
 PIXEL_TOLERANCE = 10 / 255
@@ -77,7 +75,7 @@ def training_step(
     losses = vae_loss(recon_logits, x, mu, logvar, beta, cfg.vae.recon_loss, cfg.vae.kl_tolerance,
                       pixel_weights(x, background, cfg))
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(losses["total"]).backward()
+    scaler.scale(losses["total_loss"]).backward()
     scaler.step(optimizer)
     scaler.update()
     return {name: value.detach() for name, value in losses.items()}
@@ -108,7 +106,7 @@ def annealed_beta(cfg: Config, fractional_epoch: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torch.device,
+def validate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torch.device,
              background: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """Validation metrics over every frame of `loader`, decoding the posterior mean (deterministic).
 
@@ -119,7 +117,7 @@ def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
     `latent_mean`, `latent_mu_variance`, `latent_std` (each (latent_size,) numpy).
     """
     model.eval()
-    sums = {"total": 0.0, "recon": 0.0, "kl": 0.0}
+    sums = {"total_loss": 0.0, "recon_loss": 0.0, "kl_loss": 0.0}
     frames_seen, pixels_within, foreground_pixels, foreground_within = 0, 0, 0, 0
     mu_sum = mu_sq_sum = std_sum = torch.zeros(cfg.vae.latent_size, dtype=torch.float64, device=device)
     for frames_uint8 in loader:
@@ -147,7 +145,7 @@ def evaluate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
     mean = mu_sum / frames_seen
     variance = (mu_sq_sum / frames_seen - mean.pow(2)).clamp(min=0)
     return {
-        **{f"{name}_loss": value / frames_seen for name, value in sums.items()},
+        **{name: value / frames_seen for name, value in sums.items()},
         "pixel_accuracy": pixels_within / (frames_seen * x.shape[2] * x.shape[3]),
         # nan without a background, or when no frame differs from it: nothing to score.
         "foreground_pixel_accuracy": foreground_within / foreground_pixels if foreground_pixels else float("nan"),
@@ -240,44 +238,24 @@ def _check_vae_config(cfg: Config) -> None:
 
 def train_vae(cfg: Config) -> Path:
     """Train (or resume training) V on `cfg`'s rollouts; returns `checkpoints/<experiment>/vae.pt`.
-
-    One process, or one of the processes `torchrun` started (data-parallel: see the module docstring).
-    """
+    Under `torchrun`, each process trains on its own share of the episodes (see the module docstring)."""
     _check_vae_config(cfg)
-    with distributed_session(cfg.experiment.device) as world:
-        return _train_vae(cfg, world)
+    return run_data_parallel(_train_vae, cfg)
 
 
 def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     v = cfg.vae
     device = world.device
-    seed_everything(world.rank_seed(cfg.experiment.seed))
-    per_rank_batch = world.per_rank_batch(v.batch_size, "vae.batch_size")
-    last_path, best_path = checkpoint_path(cfg, "vae"), best_checkpoint_path(cfg, "vae")
-
     model = ConvVAE(v.latent_size, v.batch_norm)
     if v.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=v.learning_rate)
-    scaler = make_grad_scaler(device, v.amp)
-    start_epoch, global_step, best_val_loss = 0, 0, float("inf")
-    if last_path.is_file():
-        checkpoint = load_vae_checkpoint(cfg, last_path, device)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["grad_scaler"])
-        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
-        best_val_loss = checkpoint["best_val_loss"]
-        if start_epoch >= v.epochs:
-            print_main(f"vae: all {v.epochs} epochs already done in {last_path}; nothing to train")
-            return last_path
-        print_main(f"vae: resuming from {last_path} at epoch {start_epoch + 1} of {v.epochs}")
-    # A learning rate changed with --set applies on resume too.
-    for group in optimizer.param_groups:
-        group["lr"] = v.learning_rate
+    loop = EpochLoop("vae", cfg, world, model, v.learning_rate, v.amp, v.epochs)
+    if loop.last_path.is_file() and not loop.resume(load_vae_checkpoint(cfg, loop.last_path, device)):
+        return loop.last_path  # all epochs already done
     train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
+    per_rank_batch = world.per_rank_batch(v.batch_size, "vae.batch_size")
     train_paths, val_paths = split_episodes(require_episodes(cfg), v.val_fraction)
     if not val_paths:
         print_main("vae: note: no episodes held out (one episode, or vae.val_fraction=0); validating on the training frames")
@@ -289,7 +267,7 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
         return FrameChunkLoader(train_paths, per_rank_batch, v.episodes_per_chunk, cfg.experiment.seed * 100_003 + epoch,
                                 rank=world.rank, world_size=world.world_size)
 
-    steps_per_epoch = _steps_per_epoch(cfg, train_loader(start_epoch), episode_lengths)
+    steps_per_epoch = _steps_per_epoch(cfg, train_loader(loop.start_epoch), episode_lengths)
     val_loader = FrameChunkLoader(val_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed, shuffle=False, drop_last=False)
     grid_frames = sample_frames(val_paths, GRID_FRAMES)
     background = mean_frame(train_paths, device)
@@ -297,75 +275,46 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     print_main(f"vae: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({int(episode_lengths.sum())} frames, "
                f"{steps_per_epoch} steps/epoch), {len(val_paths)} validation episodes; {v.recon_loss} loss, beta {v.beta}")
 
-    writer = make_writer(cfg, "vae") if world.is_main else None
+    writer = loop.open_writer()  # None on ranks other than 0
     png_dir = experiment_dir(cfg, "logs") / "vae"
-    metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, v.epochs):
+    for epoch in loop.remaining_epochs():
         loader = train_loader(epoch)
         steps_per_epoch = _steps_per_epoch(cfg, loader, episode_lengths)
-        sums = {"total": torch.zeros((), device=device), "recon": torch.zeros((), device=device), "kl": torch.zeros((), device=device)}
-        start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"vae epoch {epoch + 1}/{v.epochs}", unit="step", disable=not world.is_main)
+        loop.begin_epoch(epoch, steps_per_epoch)
         for step, frames_uint8 in enumerate(loader):
             if step >= steps_per_epoch:
                 break
             beta = annealed_beta(cfg, epoch + step / steps_per_epoch)
-            losses = training_step(train_model, optimizer, scaler, frames_uint8, beta, cfg, device, background=background)
-            for name in sums:
-                sums[name] += losses[name]
-            global_step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                global_losses = world.mean(losses)
-                if world.is_main:
-                    writer.add_scalar("vae/beta", beta, global_step)
-                    for name, value in global_losses.items():
-                        writer.add_scalar(f"vae/train/{name}_loss", value, global_step)
-                    bar.set_postfix(loss=f"{global_losses['total']:.1f}", beta=f"{beta:.2f}")
-        bar.close()
-        images_per_second = steps_per_epoch * v.batch_size / (time.perf_counter() - start)
-        train_losses = world.mean({name: value / steps_per_epoch for name, value in sums.items()})
+            losses = training_step(train_model, loop.optimizer, loop.scaler, frames_uint8, beta, cfg, device, background=background)
+            logged = loop.end_step(step, losses)
+            if logged is not None:
+                writer.add_scalar("vae/beta", beta, loop.global_step)
+                loop.bar.set_postfix(loss=f"{logged['total_loss']:.1f}", beta=f"{beta:.2f}")
+        train_losses = loop.end_training()
         if not world.is_main:
             continue  # rank 0 validates and writes; this rank waits for it at the next epoch's first all_reduce
 
-        val = evaluate(model, val_loader, cfg, device, background)
-        metrics = {f"train_{name}_loss": value for name, value in train_losses.items()}
-        metrics.update({f"val_{key}": value for key, value in val.items() if not isinstance(value, np.ndarray)})
-        metrics["images_per_second"] = images_per_second
-        for name in ("total", "recon", "kl"):
-            writer.add_scalar(f"vae/val/{name}_loss", val[f"{name}_loss"], global_step)
-        writer.add_scalar("vae/val/pixel_accuracy", val["pixel_accuracy"], global_step)
-        writer.add_scalar("vae/val/foreground_pixel_accuracy", val["foreground_pixel_accuracy"], global_step)
-        writer.add_scalar("vae/val/active_units", val["active_units"], global_step)
-        writer.add_histogram("vae/val/latent_mean", val["latent_mean"], global_step)
-        writer.add_histogram("vae/val/latent_mu_variance", val["latent_mu_variance"], global_step)
-        writer.add_histogram("vae/val/latent_std", val["latent_std"], global_step)
-        writer.add_scalar("vae/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("vae/images_per_second", images_per_second, global_step)
+        val = validate(model, val_loader, cfg, device, background)
+        for name in ("latent_mean", "latent_mu_variance", "latent_std"):
+            writer.add_histogram(f"vae/val/{name}", val[name], loop.global_step)
         grid = reconstruction_grid(model, grid_frames, cfg, device)
         writer.add_image("vae/val/reconstructions", grid, epoch + 1)
         save_png(grid, png_dir / "reconstructions.png")
-
-        improved = val["total_loss"] < best_val_loss
-        best_val_loss = min(best_val_loss, val["total_loss"])
-        payload = dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), grad_scaler=scaler.state_dict(),
-            epoch=epoch + 1, global_step=global_step, best_val_loss=best_val_loss, metrics=metrics,
-        )
-        save_epoch_checkpoints(last_path, best_path, improved, "vae", cfg, **payload)
-        print(f"vae: epoch {epoch + 1}/{v.epochs}  train loss {metrics['train_total_loss']:.1f}  "
+        images_per_second = steps_per_epoch * v.batch_size / loop.epoch_seconds
+        val_scalars = {name: value for name, value in val.items() if not isinstance(value, np.ndarray)}
+        improved = loop.end_epoch(epoch, train_losses, val_scalars, {"images_per_second": images_per_second})
+        print(f"vae: epoch {epoch + 1}/{v.epochs}  train loss {train_losses['total_loss']:.1f}  "
               f"val loss {val['total_loss']:.1f} (recon {val['recon_loss']:.1f}, kl {val['kl_loss']:.1f})  "
               f"pixel acc {val['pixel_accuracy']:.3f} (foreground {val['foreground_pixel_accuracy']:.3f})  active units {val['active_units']}/{v.latent_size}  "
               f"{images_per_second:.0f} img/s{'  (best)' if improved else ''}")
 
-    if not world.is_main:
-        return last_path
-    traversal = latent_traversal(model, grid_frames[0], val["latent_mu_variance"], cfg, device)
-    writer.add_image("vae/val/latent_traversal", traversal, global_step)
-    save_png(traversal, png_dir / "latent_traversal.png")
-    writer.close()
-    print(f"vae: checkpoint {last_path}, best {best_path}, images in {png_dir}")
-    return last_path
+    if world.is_main:
+        traversal = latent_traversal(model, grid_frames[0], val["latent_mu_variance"], cfg, device)
+        writer.add_image("vae/val/latent_traversal", traversal, loop.global_step)
+        save_png(traversal, png_dir / "latent_traversal.png")
+        print(f"vae: checkpoint {loop.last_path}, best {loop.best_path}, images in {png_dir}")
+    loop.close()
+    return loop.last_path
 
 
 def main(argv: Optional[list[str]] = None) -> None:
