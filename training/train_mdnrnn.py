@@ -169,15 +169,6 @@ def prediction_image(
     return image_grid(torch.cat(padded), columns=columns)
 
 
-def _check_mdnrnn_config(cfg: Config) -> None:
-    m = cfg.mdnrnn
-    for name in ("hidden_size", "num_mixtures", "sequence_length", "batch_size", "epochs", "encode_batch_size"):
-        if getattr(m, name) < 1:
-            raise WorldModelsError(f"mdnrnn.{name} must be >= 1, got {getattr(m, name)}")
-    if not m.learning_rate > 0 or not m.grad_clip > 0:
-        raise WorldModelsError(f"mdnrnn.learning_rate and mdnrnn.grad_clip must be > 0, got {m.learning_rate}, {m.grad_clip}")
-
-
 # ------------------------------------------------------------------------------------- training
 def train_mdnrnn(cfg: Config) -> Path:
     """Train (or resume training) M on V's latents of `cfg`'s rollouts; returns `checkpoints/<experiment>/mdnrnn.pt`.
@@ -185,7 +176,6 @@ def train_mdnrnn(cfg: Config) -> Path:
     With `mdnrnn.train=false`, writes a seeded untrained M there instead (the paper's ablation).
     Under `torchrun`, each process takes its own stride of the epoch's windows (see the module docstring).
     """
-    _check_mdnrnn_config(cfg)
     return run_data_parallel(_train_mdnrnn, cfg)
 
 

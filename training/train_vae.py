@@ -25,7 +25,7 @@ import torch
 
 from config import Config
 from models.loaders import load_vae_checkpoint
-from models.vae import RECON_LOSSES, ConvVAE, background_distance, foreground_weights, frames_to_input, vae_loss
+from models.vae import ConvVAE, background_distance, foreground_weights, frames_to_input, vae_loss
 from training.distributed import DistributedContext, print_main
 from training.epochs import EpochLoop, run_data_parallel
 from training.train_utils import autocast, run_cli, run_stage
@@ -223,23 +223,9 @@ def _steps_per_epoch(cfg: Config, loader: FrameChunkLoader, episode_lengths: np.
     return steps
 
 
-def _check_vae_config(cfg: Config) -> None:
-    v = cfg.vae
-    if v.recon_loss not in RECON_LOSSES:
-        raise WorldModelsError(f"unknown vae.recon_loss {v.recon_loss!r}; valid: {', '.join(RECON_LOSSES)}")
-    for name in ("epochs", "batch_size", "latent_size", "episodes_per_chunk"):
-        if getattr(v, name) < 1:
-            raise WorldModelsError(f"vae.{name} must be >= 1, got {getattr(v, name)}")
-    if not v.learning_rate > 0:
-        raise WorldModelsError(f"vae.learning_rate must be > 0, got {v.learning_rate}")
-    if v.beta < 0 or v.kl_tolerance < 0 or v.beta_warmup_epochs < 0 or v.foreground_weight < 0:
-        raise WorldModelsError("vae.beta, vae.kl_tolerance, vae.beta_warmup_epochs and vae.foreground_weight must be >= 0")
-
-
 def train_vae(cfg: Config) -> Path:
     """Train (or resume training) V on `cfg`'s rollouts; returns `checkpoints/<experiment>/vae.pt`.
     Under `torchrun`, each process trains on its own share of the episodes (see the module docstring)."""
-    _check_vae_config(cfg)
     return run_data_parallel(_train_vae, cfg)
 
 

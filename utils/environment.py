@@ -307,8 +307,6 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     plays only the missing indices and the data set is the same whatever the number of workers.
     `make_agent` must be a module-level function (workers rebuild the agent from it).
     """
-    if cfg.collect.num_rollouts <= 0:
-        raise WorldModelsError(f"collect.num_rollouts must be > 0, got {cfg.collect.num_rollouts}")
     probe_env = make_frame_env(cfg.env)  # fails early on a bad env or policy, before anything is written
     make_agent(cfg, probe_env.action_space)
     probe_env.close()
