@@ -21,7 +21,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from utils.errors import WorldModelsError
 
@@ -443,30 +443,38 @@ def parse_value(raw: str, field_type: Any, key: str = "value") -> Any:
 
 
 # ------------------------------------------------------------------------------------ validation
-def _at_least(minimum: float) -> tuple[Any, str]:
-    return (lambda value: value >= minimum), f">= {minimum}"
+# A rule takes (key, value) and returns None for a valid value, else the one-line error message.
+Rule = Callable[[str, Any], Optional[str]]
 
 
-def _above(minimum: float) -> tuple[Any, str]:
-    return (lambda value: value > minimum), f"> {minimum}"
+def _bounded(test: Callable[[Any], bool], valid: str) -> Rule:
+    return lambda key, value: None if test(value) else f"{key} must be {valid}, got {_plain(value)}"
 
 
-def _one_of(choices: tuple[str, ...]) -> tuple[Any, str]:
-    return (lambda value: value in choices), f"one of {', '.join(choices)}"
+def _at_least(minimum: float) -> Rule:
+    return _bounded(lambda value: value >= minimum, f">= {minimum}")
 
 
-def _fraction() -> tuple[Any, str]:
-    return (lambda value: 0 <= value < 1), "in [0, 1)"
+def _above(minimum: float) -> Rule:
+    return _bounded(lambda value: value > minimum, f"> {minimum}")
+
+
+def _fraction() -> Rule:
+    return _bounded(lambda value: 0 <= value < 1, "in [0, 1)")
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return lambda key, value: None if value in choices else f"unknown {key} {value!r}; valid: {', '.join(choices)}"
 
 
 # Every enumerated or bounded field, with its test and the words that say what is valid. Fields not
 # listed take any value of their type (names, folders, booleans). `get_config` checks them all.
-FIELD_RULES: dict[str, tuple[Any, str]] = {
-    "env.frame_size": ((lambda value: value == 64), "64 (V's architecture takes 64x64 frames)"),
+FIELD_RULES: dict[str, Rule] = {
+    "env.frame_size": _bounded(lambda value: value == 64, "64 (V's architecture takes 64x64 frames)"),
     "env.crop_top": _at_least(0),
     "env.crop_bottom": _at_least(0),
     "env.max_episode_steps": _at_least(1),
-    "collect.num_rollouts": _at_least(1),
+    "collect.num_rollouts": _above(0),
     "collect.workers": _at_least(0),
     "collect.policy": _one_of(COLLECT_POLICIES),
     "collect.repeat_min": _at_least(1),
@@ -498,7 +506,8 @@ FIELD_RULES: dict[str, tuple[Any, str]] = {
     "mdnrnn.val_fraction": _fraction(),
     "mdnrnn.max_steps_per_epoch": _at_least(0),
     "mdnrnn.encode_batch_size": _at_least(1),
-    "controller.hidden_sizes": ((lambda sizes: all(size >= 1 for size in sizes)), "layer widths >= 1, e.g. 64,32 (or () for linear)"),
+    "controller.hidden_sizes": _bounded(lambda sizes: all(size >= 1 for size in sizes),
+                                        "layer widths >= 1, e.g. 64,32 (or () for a linear C)"),
     "controller.inputs": _one_of(CONTROLLER_INPUTS),
     "controller.mode": _one_of(CONTROLLER_MODES),
     "controller.population_size": _at_least(2),
@@ -518,8 +527,8 @@ FIELD_RULES: dict[str, tuple[Any, str]] = {
     "ppo.num_minibatches": _at_least(1),
     "ppo.update_epochs": _at_least(1),
     "ppo.learning_rate": _above(0),
-    "ppo.gamma": ((lambda value: 0 < value <= 1), "in (0, 1]"),
-    "ppo.gae_lambda": ((lambda value: 0 <= value <= 1), "in [0, 1]"),
+    "ppo.gamma": _bounded(lambda value: 0 < value <= 1, "in (0, 1]"),
+    "ppo.gae_lambda": _bounded(lambda value: 0 <= value <= 1, "in [0, 1]"),
     "ppo.clip_coef": _above(0),
     "ppo.ent_coef": _at_least(0),
     "ppo.vf_coef": _at_least(0),
@@ -532,18 +541,19 @@ FIELD_RULES: dict[str, tuple[Any, str]] = {
     "ppo.vector_env": _one_of(PPO_VECTOR_ENVS),
     "ppo.torch_threads": _at_least(0),
     "experiment.seed": _at_least(0),
-    "experiment.device": ((lambda value: re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None), "auto, cpu, cuda or cuda:N"),
+    "experiment.device": lambda key, value: (None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value)
+                                             else f"bad device {value!r}; valid: auto, cpu, cuda, cuda:N"),
 }
 
 
 def validate_config(cfg: Config) -> Config:
     """Refuse, with one line naming the field, its value and what is valid, any field outside its
     `FIELD_RULES`, and the combinations that cannot run. Returns cfg."""
-    for key, (is_valid, valid) in FIELD_RULES.items():
+    for key, rule in FIELD_RULES.items():
         section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not is_valid(value):
-            raise WorldModelsError(f"bad value {_plain(value)!r} for {key}; valid: {valid}")
+        error = rule(key, getattr(getattr(cfg, section), name))
+        if error is not None:
+            raise WorldModelsError(error)
     collect, ppo = cfg.collect, cfg.ppo
     if collect.repeat_min > collect.repeat_max:
         raise WorldModelsError(f"collect.repeat_min={collect.repeat_min} exceeds collect.repeat_max={collect.repeat_max}")
