@@ -46,6 +46,7 @@ CONTROLLER_INPUTS = ("zh", "z")  # zh = [z_t, h_t] (the full model), z = z_t onl
 CONTROLLER_MODES = ("real", "dream")
 PPO_OBSERVATIONS = ("auto", "state", "pixels")
 PPO_VECTOR_ENVS = ("auto", "sync", "async")
+ENV_BACKENDS = ("auto", "gymnasium", "envpool")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class EnvConfig:
     crop_bottom: int = 0  # rows cut from the bottom (CarRacing's dashboard, as in the paper's code)
     max_episode_steps: int = 1000  # cap for World Models rollouts (collection, controller, evaluation)
     env_kwargs: str = ""  # extra gymnasium.make kwargs, "key=value,key=value" (e.g. "continuous=True")
+    # Who steps the env: gymnasium (the reference) | envpool (C++ ports, several times faster for Box2D) |
+    # auto (envpool where it is installed and ports the env, else gymnasium). utils/envpool_envs.py.
+    backend: str = "auto"
 
 
 @dataclass
@@ -474,6 +478,7 @@ FIELD_RULES: dict[str, Rule] = {
     "env.crop_top": _at_least(0),
     "env.crop_bottom": _at_least(0),
     "env.max_episode_steps": _at_least(1),
+    "env.backend": _one_of(ENV_BACKENDS),
     "collect.num_rollouts": _above(0),
     "collect.workers": _at_least(0),
     "collect.policy": _one_of(COLLECT_POLICIES),

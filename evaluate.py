@@ -23,19 +23,21 @@ import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import Config
+from config import Config, EnvConfig
+from models.agent import WorldModelAgent
 from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
 from models.ppo_agent import PPOAgent
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
 from training.ppo_envs import make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import RandomAgent, make_frame_env, run_episode
+from utils.envpool_envs import play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
 from utils.images import upscale
@@ -67,6 +69,7 @@ class Summary:
     mean_length: float
     wall_seconds: float
     observes: str
+    backend: str = "gymnasium"  # who stepped the env (published numbers are Gymnasium's)
 
 
 def t_quantile_975(dof: float) -> float:
@@ -76,14 +79,16 @@ def t_quantile_975(dof: float) -> float:
     return float(stats.t.ppf(0.975, dof)) if dof > 0 else math.inf
 
 
-def summarize(method: str, returns: np.ndarray, lengths: np.ndarray, wall_seconds: float, observes: str) -> Summary:
+def summarize(method: str, returns: np.ndarray, lengths: np.ndarray, wall_seconds: float, observes: str,
+              backend: str = "gymnasium") -> Summary:
     """Mean, sample std (ddof=1), t-based 95% confidence interval of the mean, and order statistics."""
     n = len(returns)
     mean = float(np.mean(returns))
     std = float(np.std(returns, ddof=1)) if n > 1 else 0.0
     half_width = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.inf
     return Summary(method, n, mean, std, mean - half_width, mean + half_width, float(np.median(returns)),
-                   float(np.min(returns)), float(np.max(returns)), float(np.mean(lengths)), wall_seconds, observes)
+                   float(np.min(returns)), float(np.max(returns)), float(np.mean(lengths)), wall_seconds, observes,
+                   backend)
 
 
 def difference_of_means(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -111,6 +116,7 @@ def _trained_config(cfg: Config, stage: str) -> Config:
     # How frames look is V's (the checkpoint's); how long an evaluation episode may run is this command's,
     # so every method plays the same task even when C was trained on shortened episodes.
     trained.env.max_episode_steps = cfg.env.max_episode_steps
+    trained.env.backend = cfg.env.backend  # and so is who steps it
     return trained
 
 
@@ -174,18 +180,36 @@ def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = Fa
             return np.stack(frames)
 
 
+def _play_on_envpool(method: str, agent: Any, env_cfg: EnvConfig, seeds: np.ndarray) -> Iterator[tuple[int, float, int]]:
+    """`_play` for every seed at once on EnvPool: one agent per episode (World Models agents share V and M)."""
+    if method == "world_models":
+        agents = [WorldModelAgent(agent.policy, agent.params) for _ in seeds]
+    else:
+        agents = [RandomAgent(agent.space, "uniform") for _ in seeds]
+    for index, episode in play_episodes(env_cfg, agents, seeds, record=False):
+        yield int(seeds[index]), episode.total_reward, episode.length
+
+
 def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, device: str, video: bool) -> tuple[Summary, list[dict]]:
-    """Play `episodes` seeded episodes of `method`, in parallel over `workers` processes."""
+    """Play `episodes` seeded episodes of `method`: on Gymnasium in parallel over `workers` processes, on
+    EnvPool (`env.backend`) as one batch in this process. PPO always plays Gymnasium (its own wrappers)."""
     agent, env, observes = make_agent_and_env(method, cfg, device)  # fails fast, before workers start
+    env_cfg = _trained_config(cfg, "controller").env if method == "world_models" else cfg.env
+    backend = "gymnasium" if method == "ppo" else resolve_backend(env_cfg)
+    if backend == "envpool" and video:
+        raise WorldModelsError("--video replays episodes on Gymnasium; use --backend gymnasium with --video")
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
     started = time.perf_counter()
-    results = parallel_map(_play, list(seeds), workers, _init_worker, (method, cfg, device))
-    records = sorted(tqdm(results, total=episodes, desc=f"evaluate {method}", unit="ep"))
+    if backend == "envpool":
+        results = _play_on_envpool(method, agent, env_cfg, seeds)
+    else:
+        results = parallel_map(_play, list(seeds), workers, _init_worker, (method, cfg, device))
+    records = sorted(tqdm(results, total=episodes, desc=f"evaluate {method} ({backend})", unit="ep"))
     wall = time.perf_counter() - started
     rows = [{"method": method, "episode": i, "seed": seed, "return": ret, "length": length}
             for i, (seed, ret, length) in enumerate(records)]
     returns = np.array([row["return"] for row in rows])
-    summary = summarize(method, returns, np.array([row["length"] for row in rows]), wall, observes)
+    summary = summarize(method, returns, np.array([row["length"] for row in rows]), wall, observes, backend)
     if video:
         video_dir = experiment_dir(cfg, "videos")
         for label, index in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):
@@ -228,7 +252,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     rows = [{"method": method, "episode": i, "seed": i, "return": float(ret), "length": int(length)}
             for i, (ret, length) in enumerate(zip(result.returns, result.lengths))]
     summary = summarize(method, result.returns, result.lengths, time.perf_counter() - started,
-                        f"nothing: C inside M at tau {tau:g}")
+                        f"nothing: C inside M at tau {tau:g}", backend="dream")
     if video:
         frames = dream_video(policy, params, starts, tau, c.dream_max_steps,
                              dream_generator(trained.experiment.seed, "video", 0, torch_device))
@@ -243,12 +267,12 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
 # --------------------------------------------------------------------------------------- output
 def format_table(summaries: list[Summary]) -> str:
     header = (f"{'method':26s} {'episodes':>8s} {'mean ± std':>20s} {'95% CI':>22s} {'median':>9s} {'min':>9s} "
-              f"{'max':>9s} {'length':>8s} {'wall s':>7s}  observes")
+              f"{'max':>9s} {'length':>8s} {'wall s':>7s} {'backend':>9s}  observes")
     lines = [header, "-" * len(header)]
     for s in summaries:
         lines.append(f"{s.method:26s} {s.episodes:8d} {f'{s.mean:.1f} ± {s.std:.1f}':>20s} "
                      f"{f'[{s.ci95_low:.1f}, {s.ci95_high:.1f}]':>22s} {s.median:9.1f} {s.min:9.1f} {s.max:9.1f} "
-                     f"{s.mean_length:8.1f} {s.wall_seconds:7.1f}  {s.observes}")
+                     f"{s.mean_length:8.1f} {s.wall_seconds:7.1f} {s.backend:>9s}  {s.observes}")
     return "\n".join(lines)
 
 
@@ -361,11 +385,13 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         difference, low, high = difference_of_means(wm, ppo)
         extra["world_models_minus_ppo"] = {"difference": difference, "ci95_low": low, "ci95_high": high}
         print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
-    write_results(folder, method, summaries, rows, extra)
+    # Files of a run on EnvPool sit beside, not over, the Gymnasium ones (evaluating a transfer needs both).
+    name = f"{method}_envpool" if resolve_backend(cfg.env) == "envpool" else method
+    write_results(folder, name, summaries, rows, extra)
     if method == "compare":
         for path in plot_comparison(cfg, rows, summaries, folder):
             print(f"plot: {path}")
-    print(f"results: {folder / f'eval_{method}.json'}, {folder / f'eval_{method}_episodes.csv'}")
+    print(f"results: {folder / f'eval_{name}.json'}, {folder / f'eval_{name}_episodes.csv'}")
     return {"summaries": summaries, "rows": rows, **extra}
 
 
@@ -380,6 +406,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="--dream: M's sampling temperature tau (default: the one C was trained with)")
     args = parser.parse_args(argv)
+    if args.backend is None:
+        args.backend = "gymnasium"  # the numbers we publish are Gymnasium's; --backend envpool to compare
     evaluate(config_from_args(args), args.method, args.episodes, args.workers, args.video, args.dream, args.temperature)
 
 

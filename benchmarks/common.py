@@ -14,7 +14,7 @@ from models.agent import WorldModelPolicy
 from models.loaders import make_controller
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
-from utils.environment import action_size
+from utils.actions import action_size
 
 
 def untrained_policy(cfg: Config, action_space: gym.Space) -> tuple[WorldModelPolicy, int]:

@@ -19,7 +19,7 @@ import torch
 from models.controller import controller_input, explore_actions, outputs_to_actions, population_forward
 from models.mdnrnn import MDNRNN, Hidden, mixture_mean
 from models.vae import ConvVAE, frames_to_input
-from utils.environment import vectors_to_actions
+from utils.actions import vectors_to_actions
 
 
 class PolicyStep(NamedTuple):

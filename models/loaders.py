@@ -23,7 +23,8 @@ from models.agent import WorldModelAgent, WorldModelPolicy
 from models.controller import Controller, controller_input_size
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
-from utils.environment import action_size, make_env, make_frame_env
+from utils.actions import action_size
+from utils.environment import make_env, make_frame_env
 from utils.errors import WorldModelsError
 from utils.files import best_checkpoint_path, checkpoint_config, checkpoint_path, load_checkpoint, require_match
 

@@ -28,7 +28,8 @@ def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen | subproce
 
 
 def test_collects_exactly_n_episodes_that_replay_from_their_seeds(smoke_config):
-    cfg = smoke_config("LunarLander-v3", ["collect.num_rollouts=5", "collect.workers=2", "env.max_episode_steps=60"])
+    cfg = smoke_config("LunarLander-v3", ["collect.num_rollouts=5", "collect.workers=2", "env.max_episode_steps=60",
+                                          "env.backend=gymnasium"])  # the worker-process path; EnvPool: test_envpool
     folder = collect(cfg)
     paths = list_episodes(folder)
     assert [p.name for p in paths] == [f"ep_{i:06d}.npz" for i in range(5)]

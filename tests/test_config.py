@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from config import (FIELD_RULES, PRESETS, SUPPORTED_ENVS, apply_override, config_from_dict, config_to_dict, get_config,
-                    parse_value, valid_keys)
+from config import (
+    FIELD_RULES,
+    PRESETS,
+    SUPPORTED_ENVS,
+    apply_override,
+    config_from_dict,
+    config_to_dict,
+    get_config,
+    parse_value,
+    valid_keys,
+)
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_config, load_checkpoint, save_checkpoint
 

@@ -180,7 +180,8 @@ def test_stages_and_evaluation_in_one_process_leave_the_thread_count_as_they_fou
     monkeypatch.setattr(stage_4, "run_episodes", recording_run_episodes)
     cfg = tiny_pipeline_config(tmp_path, "threads", ["collect.num_rollouts=3", "env.max_episode_steps=30",
                                                      "controller.workers=2", "controller.generations=1",
-                                                     "controller.population_size=2", "controller.video_every=0"])
+                                                     "controller.population_size=2", "controller.video_every=0",
+                                                     "env.backend=gymnasium"])  # EnvPool has no worker processes
     run_pipeline(cfg)
     assert threads_while_playing and set(threads_while_playing) == {1}
     assert torch.get_num_threads() == 2

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 
 from config import SUPPORTED_ENVS, EnvConfig
-from utils.environment import (
-    RandomAgent,
-    action_to_vector,
-    make_frame_env,
-    preprocess_frame,
-    resolve_env_id,
-    run_episode,
-    vector_to_action,
-)
+from utils.actions import action_to_vector, vector_to_action
+from utils.environment import RandomAgent, make_frame_env, preprocess_frame, resolve_env_id, run_episode
 from utils.errors import WorldModelsError
 
 

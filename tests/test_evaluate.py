@@ -64,7 +64,7 @@ def test_compare_with_a_missing_method_names_the_training_command(tmp_path):
 
 @pytest.mark.slow
 def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys):
-    cfg = isolate(get_config("LunarLander-v3", preset="smoke"), trained_lunar)
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.backend=gymnasium"]), trained_lunar)
     result = evaluate(cfg, "compare", episodes=3, workers=2, video=True)
     out = capsys.readouterr().out
     assert [s.method for s in result["summaries"]] == ["world_models", "ppo", "random"]

@@ -44,7 +44,8 @@ def test_continuous_exploration_stays_inside_the_bounds():
 def test_collecting_with_a_trained_controller_replays_the_agent(trained_lunar):
     """exploration=0: each stored episode is exactly the trained agent's episode from the stored seed."""
     overrides = ["env.max_episode_steps=60", "collect.policy=controller", "collect.controller_experiment=lunarlander-v3",
-                 "collect.exploration=0", "collect.num_rollouts=3", "collect.seed_offset=1000", "collect.workers=2"]
+                 "collect.exploration=0", "collect.num_rollouts=3", "collect.seed_offset=1000", "collect.workers=2",
+                 "env.backend=gymnasium"]  # replayed on Gymnasium below
     cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides), trained_lunar)
     cfg.experiment.name = "collected-by-c"
     folder = collect(cfg)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from config import Config, get_config
-from models.ppo_policy import ActorCritic, ppo_loss
 from models.ppo_agent import PPOAgent, build_policy
+from models.ppo_policy import ActorCritic, ppo_loss
 from training.ppo_baseline import evaluate_ppo, ppo_torch_threads, train_ppo
 from training.ppo_envs import EpisodicLife, make_ppo_env, make_ppo_eval_env, make_vector_env
 from training.ppo_rollout import Rollout, collect_rollout, compute_gae

@@ -29,7 +29,8 @@ from tqdm import tqdm  # noqa: E402
 from models.loaders import load_mdnrnn, load_vae  # noqa: E402
 from models.vae import frames_to_input  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
-from utils.environment import RandomAgent, action_to_vector, make_frame_env  # noqa: E402
+from utils.actions import action_to_vector  # noqa: E402
+from utils.environment import RandomAgent, make_frame_env  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 from utils.runtime import episode_seeds, resolve_device  # noqa: E402
 

@@ -14,9 +14,10 @@ import torch
 
 from models.agent import WorldModelPolicy
 from utils.env_workers import EnvWorkerPool
+from utils.envpool_envs import EnvPoolSlots
 
 
-def run_episodes(policy: WorldModelPolicy, pool: EnvWorkerPool, params: np.ndarray, seeds: np.ndarray,
+def run_episodes(policy: WorldModelPolicy, pool: EnvWorkerPool | EnvPoolSlots, params: np.ndarray, seeds: np.ndarray,
                  record_first: bool = False) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Play episode e with parameters params[e] from env seed seeds[e], all episodes stepping together.
 

@@ -32,8 +32,8 @@ from models.ppo_agent import PPOAgent, build_policy
 from models.ppo_policy import ActorCritic, ppo_loss
 from training.ppo_envs import choose_vector_env, make_ppo_eval_env, make_vector_env, resolve_observation
 from training.ppo_rollout import (
-    Rollout,
     RewardNormalizer,
+    Rollout,
     collect_rollout,
     compute_gae,
     explained_variance,

@@ -36,8 +36,8 @@ from gymnasium.wrappers import (
 
 from config import PPO_OBSERVATIONS, PPO_VECTOR_ENVS, Config
 from utils.environment import has_image_observation, is_atari, make_env, parse_env_kwargs, resolve_env_id
+from training.ppo_envpool import EnvPoolVectorEnv, resolve_ppo_backend
 from utils.errors import WorldModelsError
-
 
 
 # ------------------------------------------------------------------------------------------ wrappers
@@ -188,9 +188,12 @@ def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Opti
 
 # ------------------------------------------------------------------------------------ vector env
 def choose_vector_env(cfg: Config) -> str:
-    """`ppo.vector_env` with `auto` decided. Worker processes pay only where a step costs more than the
+    """How PPO's training envs step: `envpool` where `resolve_ppo_backend` picks EnvPool, else
+    `ppo.vector_env` with `auto` decided. Worker processes pay only where a step costs more than the
     inter-process round trip (pixel envs, not LunarLander's ~50 us Box2D step) and where spare cores
     exist: on 2 cores they fight the CNN update for the CPU and halve Pong's PPO SPS (benchmarks/ppo.py)."""
+    if resolve_ppo_backend(cfg, resolve_observation(cfg)) == "envpool":
+        return "envpool"
     choice = cfg.ppo.vector_env
     if choice not in PPO_VECTOR_ENVS:
         raise WorldModelsError(f"unknown ppo.vector_env {choice!r}; valid: {', '.join(PPO_VECTOR_ENVS)}")
@@ -200,10 +203,12 @@ def choose_vector_env(cfg: Config) -> str:
     return choice
 
 
-def make_vector_env(cfg: Config, kind: Optional[str] = None) -> VectorEnv:
-    """`cfg.ppo.num_envs` training envs of `kind` (sync | async; None: `choose_vector_env`), autoreset
-    in the same step (see the module docstring). Observations are batched: `(N, *obs_shape)`."""
+def make_vector_env(cfg: Config, kind: Optional[str] = None) -> VectorEnv | EnvPoolVectorEnv:
+    """`cfg.ppo.num_envs` training envs of `kind` (sync | async | envpool; None: `choose_vector_env`),
+    autoreset in the same step (see the module docstring). Observations are batched: `(N, *obs_shape)`."""
     kind = kind or choose_vector_env(cfg)
+    if kind == "envpool":
+        return EnvPoolVectorEnv(cfg)
     thunks = [partial(make_ppo_env, cfg, True) for _ in range(cfg.ppo.num_envs)]
     vector_class = AsyncVectorEnv if kind == "async" else SyncVectorEnv
     return vector_class(thunks, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -34,8 +34,9 @@ from models.loaders import build_policy, load_controller_checkpoint, make_contro
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
 from training.population import run_episodes
 from training.train_utils import run_cli, run_stage
-from utils.env_workers import EnvWorkerPool
-from utils.environment import make_frame_env
+from utils.env_workers import make_env_slots
+from utils.environment import env_action_space
+from utils.envpool_envs import resolve_backend
 from utils.files import checkpoint_path, experiment_dir, make_writer, require_match, save_checkpoint
 from utils.runtime import episode_seeds, resolve_device, seed_everything, torch_threads
 from utils.video import log_video
@@ -69,9 +70,7 @@ def train_controller(cfg: Config) -> Path:
     c = cfg.controller
     device = resolve_device(cfg.experiment.device)
     seed_everything(cfg.experiment.seed)
-    probe = make_frame_env(cfg.env)
-    action_space = probe.action_space
-    probe.close()
+    action_space = env_action_space(cfg.env)
     policy = build_policy(cfg, device, action_space)
     num_params = make_controller(cfg, action_space).num_parameters
     es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed)
@@ -88,12 +87,14 @@ def train_controller(cfg: Config) -> Path:
     starts = load_dream_starts(cfg, policy.vae, device) if dream else None
     writer = make_writer(cfg, "controller")
     # In the dream the envs serve the re-evaluation only.
-    pool = EnvWorkerPool(cfg.env, max(0 if dream else c.population_size * rollouts, 2 * c.eval_episodes), c.workers)
-    # The env workers need the cores while V, M and C run: extra OpenMP threads would spin against them
-    # (benchmarks/controller.py: a generation takes 9.4 s with one torch thread, 10.7 s with two).
+    pool = make_env_slots(cfg.env, max(0 if dream else c.population_size * rollouts, 2 * c.eval_episodes), c.workers)
+    # Gymnasium's env workers need the cores while V, M and C run: extra OpenMP threads would spin against
+    # them (benchmarks/controller.py: a generation takes 9.4 s with one torch thread, 10.7 s with two).
+    # EnvPool steps while the models wait, so the models keep every core.
     threads = 1 if pool.workers > 1 and not dream else 0
     print(f"controller: CMA-ES on {num_params} parameters, population {c.population_size} x {rollouts} rollouts "
-          f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} envs over {pool.workers} worker(s), "
+          f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} {resolve_backend(cfg.env)} envs over "
+          f"{pool.workers} worker(s), "
           f"device {device}")
     fitness_tag = "controller/dream_fitness" if dream else "controller/fitness"
     last_eval: dict[str, float] = {}

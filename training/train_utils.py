@@ -15,6 +15,7 @@ import torch
 
 from config import Config, get_config
 from utils.environment import resolve_env_id
+from utils.envpool_envs import resolve_backend
 from utils.errors import WorldModelsError
 from utils.workers import configure_backend
 
@@ -27,6 +28,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_env: str = "ALE/Pon
     parser.add_argument("--experiment", default="", help="run name (default: the env's slug)")
     parser.add_argument("--seed", type=int, default=None, help="seeds envs, torch, numpy and CMA-ES")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--backend", default=None,
+                        help="who steps the env: auto (EnvPool where installed and it ports the env) | gymnasium | envpool")
     parser.add_argument("--ray-address", default=None,
                         help="run rollout and evaluation workers on Ray: local (start one here) | auto | HOST:PORT")
     parser.add_argument(
@@ -40,12 +43,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     env id once, and set the worker backend it names for this process. Everything a bad flag can
     break fails here, before any stage writes a file."""
     overrides = list(args.overrides)
-    for key, value in (("experiment.name", args.experiment), ("experiment.seed", args.seed),
+    for key, value in (("env.backend", args.backend), ("experiment.name", args.experiment), ("experiment.seed", args.seed),
                        ("experiment.device", args.device), ("experiment.ray_address", args.ray_address)):
         if value not in (None, ""):
             overrides.append(f"{key}={value}")
     cfg = get_config(args.env, preset=args.preset, overrides=overrides)
     resolve_env_id(cfg.env.env_id)  # an unknown env fails now, not after a stage has started
+    resolve_backend(cfg.env)  # and so does EnvPool asked for where it cannot serve
     configure_backend(cfg.experiment)
     return cfg
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from config import EnvConfig
 from utils.environment import make_frame_env
+from utils.envpool_envs import EnvPoolSlots, resolve_backend
 from utils.errors import MAX_RESTARTS, WorkerDied
 from utils.ray_backend import PidActor, actor_crashed, connect, remote_actor_class
 from utils.workers import default_workers, ray_address
@@ -289,3 +290,11 @@ class EnvWorkerPool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def make_env_slots(env_cfg: EnvConfig, num_envs: int, workers: int = 0) -> EnvWorkerPool | EnvPoolSlots:
+    """`num_envs` frame envs for population evaluation on `env_cfg`'s backend: EnvPool's batch in this
+    process, or Gymnasium envs over `workers` worker processes (0 = one per core)."""
+    if resolve_backend(env_cfg) == "envpool":
+        return EnvPoolSlots(env_cfg, num_envs)
+    return EnvWorkerPool(env_cfg, num_envs, workers)

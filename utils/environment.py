@@ -12,18 +12,20 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, SupportsFloat
+from typing import Any, Callable, Iterator, Optional, Protocol, SupportsFloat
 
-import cv2
 import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
+from utils.actions import action_size, action_to_vector
 from utils.data import Episode, episode_path, list_episodes, load_episode, rollout_dir, save_episode
+from utils.envpool_envs import EnvPoolBatch, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import ensure_writable_dir, experiment_dir, make_writer
+from utils.frames import has_image_observation, preprocess_frame
 from utils.runtime import episode_seeds
 from utils.video import log_video
 from utils.workers import default_workers, parallel_map
@@ -34,9 +36,6 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
-
-# Frames are tiny: OpenCV's thread pool costs more than it saves, and fights the worker processes.
-cv2.setNumThreads(1)
 
 _ATARI_REGISTERED = False
 
@@ -73,28 +72,6 @@ def make_env(env_id: str, render_mode: Optional[str] = None, max_episode_steps: 
     if max_episode_steps:
         kwargs["max_episode_steps"] = max_episode_steps
     return gym.make(env_id, render_mode=render_mode, **kwargs)
-
-
-def has_image_observation(space: gym.Space) -> bool:
-    """True for (H, W, 3) uint8 observations (Atari, CarRacing); False for state vectors (LunarLander)."""
-    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[-1] == 3
-
-
-def preprocess_frame(image: np.ndarray, frame_size: int = 64, crop_top: int = 0, crop_bottom: int = 0) -> np.ndarray:
-    """The one function that turns an env image into the frame V sees.
-
-    image: (H, W, 3) uint8 RGB -> (frame_size, frame_size, 3) uint8. Rows are cropped first (HUDs and
-    score bars), then the image is halved with area averaging while it is at least twice the target
-    (OpenCV's fast integer path), and the last step of less than 2x is bilinear. No source pixel is
-    skipped, so one-pixel objects such as Pong's ball survive, at a fifth of the cost of one
-    non-integer INTER_AREA resize (which would cost as much as the emulator step itself).
-    """
-    if crop_top or crop_bottom:
-        image = image[crop_top : image.shape[0] - crop_bottom]
-    while image.shape[0] >= 2 * frame_size and image.shape[1] >= 2 * frame_size:
-        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    last_step = cv2.INTER_LINEAR if max(image.shape[:2]) < 2 * frame_size else cv2.INTER_AREA
-    return cv2.resize(image, (frame_size, frame_size), interpolation=last_step)
 
 
 class FrameObservation(gym.ObservationWrapper):
@@ -139,38 +116,15 @@ def make_frame_env(env_cfg: EnvConfig) -> gym.Env:
     return FrameObservation(env, env_cfg)
 
 
-# ------------------------------------------------------------------------------------------ actions
-def action_size(space: gym.Space) -> int:
-    """A: the width of an action vector — the number of choices (one-hot) or the Box's dimension."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-        return int(space.shape[0])
-    raise WorldModelsError(f"unsupported action space {space}; supported: Discrete and 1-D Box")
-
-
-def action_to_vector(action: Any, space: gym.Space) -> np.ndarray:
-    """Env action -> (A,) float32: one-hot for Discrete, the action itself for Box."""
-    if isinstance(space, gym.spaces.Discrete):
-        vector = np.zeros(int(space.n), dtype=np.float32)
-        vector[int(action) - int(space.start)] = 1.0
-        return vector
-    return np.asarray(action, dtype=np.float32).reshape(space.shape)
-
-
-def vectors_to_actions(vectors: np.ndarray, space: gym.Space) -> list[Any]:
-    """Inverse of `action_to_vector` for a batch: (E, A) action vectors -> E env actions (the argmax's
-    index for Discrete, the vector in the space's dtype for Box)."""
-    vectors = np.asarray(vectors)
-    if isinstance(space, gym.spaces.Discrete):
-        start = int(space.start)
-        return [start + int(i) for i in vectors.argmax(axis=-1)]
-    return list(vectors.astype(space.dtype).reshape(len(vectors), *space.shape))
-
-
-def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
-    """Inverse of `action_to_vector`: one (A,) vector -> one env action."""
-    return vectors_to_actions(np.asarray(vector)[None], space)[0]
+def env_action_space(env_cfg: EnvConfig) -> gym.Space:
+    """The action space agents see on `env_cfg`'s backend (EnvPool's ports keep Gymnasium's spaces)."""
+    if resolve_backend(env_cfg) == "envpool":
+        with EnvPoolBatch(env_cfg, [0]) as probe:
+            return probe.action_space
+    env = make_frame_env(env_cfg)
+    space = env.action_space
+    env.close()
+    return space
 
 
 # -------------------------------------------------------------------------------------- agents
@@ -278,6 +232,10 @@ def make_random_agent(cfg: Config, action_space: gym.Space) -> RandomAgent:
     return RandomAgent(action_space, c.policy, c.repeat_min, c.repeat_max, c.walk_sigma)
 
 
+# Episodes that step together in one EnvPool batch during collection: enough to keep its threads busy,
+# few enough that an interrupt loses little.
+ENVPOOL_COLLECT_BATCH = 32
+
 # Per-worker state, built once by `_init_collect_worker` in each worker process.
 _collect_worker: dict = {}
 
@@ -298,29 +256,48 @@ def _collect_one(index: int) -> tuple[int, int, float]:
     return index, episode.length, episode.total_reward
 
 
+def _collect_with_envpool(cfg: Config, folder: Path, pending: list[int],
+                          make_agent: AgentFactory) -> Iterator[tuple[int, int, float]]:
+    """`_collect_one` for EnvPool: the pending indices in batches, each episode saved as it ends."""
+    action_space = env_action_space(cfg.env)
+    for first in range(0, len(pending), ENVPOOL_COLLECT_BATCH):
+        indices = pending[first : first + ENVPOOL_COLLECT_BATCH]
+        agents = [make_agent(cfg, action_space) for _ in indices]
+        seeds = [collect_episode_seed(cfg, index) for index in indices]
+        for position, episode in play_episodes(cfg.env, agents, seeds):
+            save_episode(episode_path(folder, indices[position]), episode, cfg.env.env_id, cfg.collect.policy,
+                         cfg.collect.compress)
+            yield indices[position], episode.length, episode.total_reward
+
+
 def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, visualize: bool = False) -> Path:
     """Make sure `collect.num_rollouts` episodes of `make_agent(cfg, action_space)` exist on disk in
     `rollout_dir(cfg)`; returns that folder.
 
-    Episodes are spread over worker processes (each keeps one env and one agent alive); episode i is
-    played from `collect_episode_seed(cfg, i)` and written atomically, so a re-run after an interrupt
-    plays only the missing indices and the data set is the same whatever the number of workers.
-    `make_agent` must be a module-level function (workers rebuild the agent from it).
+    On Gymnasium, episodes are spread over worker processes (each keeps one env and one agent alive);
+    on EnvPool (`env.backend`), batches of `ENVPOOL_COLLECT_BATCH` episodes step together in this
+    process. Either way episode i is played from `collect_episode_seed(cfg, i)` and written atomically,
+    so a re-run after an interrupt plays only the missing indices and the data set is the same whatever
+    the number of workers. `make_agent` must be a module-level function (workers rebuild the agent from it).
     """
-    probe_env = make_frame_env(cfg.env)  # fails early on a bad env or policy, before anything is written
-    make_agent(cfg, probe_env.action_space)
-    probe_env.close()
+    backend = resolve_backend(cfg.env)
+    make_agent(cfg, env_action_space(cfg.env))  # fails early on a bad env or policy, before anything is written
     folder = ensure_writable_dir(rollout_dir(cfg))
     for stale in folder.glob(".ep_*.tmp.npz"):  # left by a worker killed mid-write
         stale.unlink()
     existing = {int(p.stem.split("_")[1]) for p in list_episodes(folder)}
     pending = [i for i in range(cfg.collect.num_rollouts) if i not in existing]
-    workers = default_workers(cfg.collect.workers)
+    if backend == "envpool":
+        where = f"EnvPool, {ENVPOOL_COLLECT_BATCH} envs at a time"
+        results = _collect_with_envpool(cfg, folder, pending, make_agent)
+    else:
+        workers = default_workers(cfg.collect.workers)
+        where = f"Gymnasium, {min(workers, max(1, len(pending)))} worker process(es)"
+        results = parallel_map(_collect_one, pending, workers, _init_collect_worker, (cfg, folder, make_agent))
     print(f"collect: {cfg.env.env_id}, {len(existing)} of {cfg.collect.num_rollouts} episodes on disk in {folder}, "
-          f"{len(pending)} to play on {min(workers, max(1, len(pending)))} worker(s)")
+          f"{len(pending)} to play ({where})")
     writer = make_writer(cfg, "collect")
     start, frames = time.perf_counter(), 0
-    results = parallel_map(_collect_one, pending, workers, _init_collect_worker, (cfg, folder, make_agent))
     with tqdm(results, total=cfg.collect.num_rollouts, initial=len(existing), desc="collect", unit="ep") as bar:
         for index, length, total_reward in bar:
             frames += length

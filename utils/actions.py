@@ -1,0 +1,46 @@
+"""The action encoding: env actions <-> the (A,) float32 vectors that rollouts store and M reads.
+
+Discrete actions are one-hot vectors of width n; continuous (1-D Box) actions are stored as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from utils.errors import WorldModelsError
+
+
+def action_size(space: gym.Space) -> int:
+    """A: the width of an action vector — the number of choices (one-hot) or the Box's dimension."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return int(space.shape[0])
+    raise WorldModelsError(f"unsupported action space {space}; supported: Discrete and 1-D Box")
+
+
+def action_to_vector(action: Any, space: gym.Space) -> np.ndarray:
+    """Env action -> (A,) float32: one-hot for Discrete, the action itself for Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        vector = np.zeros(int(space.n), dtype=np.float32)
+        vector[int(action) - int(space.start)] = 1.0
+        return vector
+    return np.asarray(action, dtype=np.float32).reshape(space.shape)
+
+
+def vectors_to_actions(vectors: np.ndarray, space: gym.Space) -> list[Any]:
+    """Inverse of `action_to_vector` for a batch: (E, A) action vectors -> E env actions (the argmax's
+    index for Discrete, the vector in the space's dtype for Box)."""
+    vectors = np.asarray(vectors)
+    if isinstance(space, gym.spaces.Discrete):
+        start = int(space.start)
+        return [start + int(i) for i in vectors.argmax(axis=-1)]
+    return list(vectors.astype(space.dtype).reshape(len(vectors), *space.shape))
+
+
+def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
+    """Inverse of `action_to_vector`: one (A,) vector -> one env action."""
+    return vectors_to_actions(np.asarray(vector)[None], space)[0]

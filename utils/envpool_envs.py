@@ -1,0 +1,234 @@
+"""EnvPool, the fast env backend: C++ ports of the Gymnasium envs, stepped by a thread pool.
+
+`env.backend` picks who steps an environment: `gymnasium` (the reference, on which published numbers
+are measured), `envpool`, or `auto` (EnvPool where it is installed, ports the env and is the faster of
+the two: `AUTO_ENVPOOL_ENVS`; else Gymnasium).
+Measured on this project's 2-core machine (docs/RESULTS.md, `benchmarks/backends.py`): CarRacing-v3 and
+rendered LunarLander-v3 step several times faster; Atari does not.
+
+What EnvPool changes, and how this module keeps the Gymnasium path's guarantees:
+* Seeds are fixed when a pool is made (`env_seed`, one per env; `reset(seed=...)` is ignored). So an
+  `EnvPoolBatch` is made for a set of episodes and plays exactly one episode per env from its seed:
+  episode i is a pure function of its seed and its agent, as `run_episode` makes it on Gymnasium, and
+  collection stays resumable by episode index. (EnvPool's tracks and landers for seed s are not
+  Gymnasium's for seed s: the two backends play different but equally distributed episodes.)
+* Autoreset: after an env's episode ends, EnvPool's next step on it would return the first frame of a
+  new episode with reward 0 ("next-step" autoreset). An `EnvPoolBatch` never steps an env whose episode
+  ended, so no transition joins two episodes.
+* Frames: LunarLander's comes from `render()` (its observation is the state vector); Atari's from
+  `render()` too, the last emulator frame as Gymnasium's ALE v5 returns it (EnvPool's observation is
+  the max of the last two). Every image goes through `utils.frames.preprocess_frame`.
+* Threads: EnvPool's pool must not be alive in a process that forks workers which make their own
+  pools (they hang); batches are made and closed in the main process, inside `with`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from config import EnvConfig
+from utils.actions import action_size, action_to_vector
+from utils.data import Episode
+from utils.errors import WorldModelsError
+from utils.frames import preprocess_frames
+
+INSTALL_COMMAND = "pip install envpool==1.2.5"
+
+# Gymnasium ALE v5 as the World Models stages play it: full RGB 210x160 frames, frame skip 4, sticky
+# actions 0.25, no no-op starts, no life-loss or reward tricks (those are the PPO baseline's own).
+_ATARI_V5 = dict(img_height=210, img_width=160, stack_num=1, gray_scale=False, frame_skip=4,
+                 repeat_action_probability=0.25, noop_max=1, episodic_life=False, reward_clip=False,
+                 use_fire_reset=False, full_action_space=False)
+
+# Gymnasium id -> (EnvPool task id, make() options, where the image comes from: "obs" or "render").
+ENVPOOL_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "CarRacing-v3": ("CarRacing-v3", {}, "obs"),
+    "LunarLander-v3": ("LunarLander-v3", {"render_mode": "rgb_array"}, "render"),
+    "ALE/Pong-v5": ("Pong-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
+    "ALE/Breakout-v5": ("Breakout-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
+}
+
+
+# Where `auto` takes EnvPool: the ported envs it steps faster than Gymnasium on this machine
+# (benchmarks/backends.py, docs/RESULTS.md). Atari is ported but not faster: ALE is C++ on both, and
+# the frames V needs cost EnvPool a render copy per step. `--backend envpool` still plays it.
+AUTO_ENVPOOL_ENVS = ("CarRacing-v3", "LunarLander-v3")
+
+
+def envpool_installed() -> bool:
+    return importlib.util.find_spec("envpool") is not None
+
+
+def resolve_backend(env_cfg: EnvConfig) -> str:
+    """`gymnasium` or `envpool`: what `env.backend` means for this env on this machine. Asking for
+    EnvPool where it cannot serve is a one-line error naming the fix."""
+    ported = env_cfg.env_id in ENVPOOL_TASKS and not env_cfg.env_kwargs
+    faster = ported and env_cfg.env_id in AUTO_ENVPOOL_ENVS
+    if env_cfg.backend == "gymnasium" or (env_cfg.backend == "auto" and not (faster and envpool_installed())):
+        return "gymnasium"
+    if not envpool_installed():
+        raise WorldModelsError(f"env.backend=envpool but EnvPool is not installed; run `{INSTALL_COMMAND}` "
+                               "or use --backend gymnasium")
+    if not ported:
+        extra = f" with env.env_kwargs={env_cfg.env_kwargs!r}" if env_cfg.env_kwargs else ""
+        raise WorldModelsError(f"EnvPool has no port of {env_cfg.env_id}{extra}; it serves "
+                               f"{', '.join(ENVPOOL_TASKS)}; use --backend gymnasium")
+    return "envpool"
+
+
+class EnvPoolBatch:
+    """len(seeds) envs in one EnvPool pool, env i playing one episode from seeds[i].
+
+    reset() -> frames (N, S, S, 3) uint8
+    step(env_ids, actions) -> frames (n, S, S, 3) uint8, rewards (n,) float64, terminated (n,) bool,
+        truncated (n,) bool, in the order of `env_ids` (only those envs step; none may have ended)
+    Episodes are truncated at `env_cfg.max_episode_steps`.
+    """
+
+    def __init__(self, env_cfg: EnvConfig, seeds: Sequence[int], num_threads: int = 0):
+        import envpool
+
+        task, options, self.image_source = ENVPOOL_TASKS[env_cfg.env_id]
+        self.env_cfg = env_cfg
+        self.num_envs = len(seeds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EnvPool's notes on gym vs gymnasium spaces
+            self.pool = envpool.make_gymnasium(task, num_envs=self.num_envs, batch_size=self.num_envs,
+                                               num_threads=num_threads, env_seed=[int(seed) for seed in seeds],
+                                               max_episode_steps=env_cfg.max_episode_steps, **options)
+            self.action_space = _gymnasium_space(self.pool.action_space)
+        self.ended = np.zeros(self.num_envs, bool)
+
+    def _frames(self, observation: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
+        images = self.pool.render(env_ids=env_ids.tolist()) if self.image_source == "render" else observation
+        c = self.env_cfg
+        return preprocess_frames(np.asarray(images), c.frame_size, c.crop_top, c.crop_bottom)
+
+    def reset(self) -> np.ndarray:
+        observation, info = self.pool.reset()
+        self.ended[:] = False
+        return self._frames(observation, np.asarray(info["env_id"]))
+
+    def step(self, env_ids: Sequence[int], actions: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        env_ids = np.asarray(env_ids, dtype=np.int32)
+        if self.ended[env_ids].any():
+            raise WorldModelsError(f"envs {env_ids[self.ended[env_ids]].tolist()} already ended their episode; "
+                                   "a next step would start a new one")
+        observation, rewards, terminated, truncated, _ = self.pool.step(_action_batch(actions, self.action_space),
+                                                                        env_id=env_ids)
+        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+        self.ended[env_ids] = terminated | truncated
+        return self._frames(observation, env_ids), np.asarray(rewards, np.float64), terminated, truncated
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "EnvPoolBatch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _gymnasium_space(space: Any) -> gym.Space:
+    """EnvPool's action space as the Gymnasium space our agents branch on (Discrete or Box)."""
+    if hasattr(space, "n"):
+        return gym.spaces.Discrete(int(space.n))
+    return gym.spaces.Box(np.asarray(space.low, np.float32), np.asarray(space.high, np.float32), dtype=np.float32)
+
+
+def _action_batch(actions: Sequence[Any], space: gym.Space) -> np.ndarray:
+    """Per-env actions -> the array EnvPool steps: (n,) int32 indices or (n, A) float32."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.asarray(actions, dtype=np.int32).reshape(-1)
+    return np.asarray(actions, dtype=np.float32).reshape(len(actions), *space.shape)
+
+
+def play_episodes(env_cfg: EnvConfig, agents: Sequence[Any], seeds: Sequence[int], record: bool = True,
+                  num_threads: int = 0) -> Iterator[tuple[int, Episode]]:
+    """Play episode i with agents[i] from seeds[i], all in one EnvPool batch; yield (i, Episode) as each
+    ends. Each agent is reset with its episode's seed, as `run_episode` does, so an episode depends on
+    (seed, agent) only. Without `record`, episodes carry rewards and terminal flags but no frames."""
+    count = len(seeds)
+    with EnvPoolBatch(env_cfg, seeds, num_threads) as envs:
+        frames = envs.reset()
+        for agent, seed in zip(agents, seeds):
+            agent.reset(int(seed))
+        observed: list[list[np.ndarray]] = [[] for _ in range(count)]
+        action_vectors: list[list[np.ndarray]] = [[] for _ in range(count)]
+        rewards: list[list[float]] = [[] for _ in range(count)]
+        terminals: list[list[bool]] = [[] for _ in range(count)]
+        running = np.arange(count)
+        while len(running):
+            actions = [agents[i].act(frames[i]) for i in running]
+            if record:
+                for i, action in zip(running, actions):
+                    observed[i].append(frames[i])
+                    action_vectors[i].append(action_to_vector(action, envs.action_space))
+            new_frames, step_rewards, terminated, truncated = envs.step(running, actions)
+            frames[running] = new_frames
+            for position, i in enumerate(running):
+                rewards[i].append(step_rewards[position])
+                terminals[i].append(bool(terminated[position]))
+            ended = terminated | truncated
+            for i in running[ended]:
+                yield int(i), Episode(
+                    obs=np.stack(observed[i]) if record else np.zeros((0, *frames.shape[1:]), np.uint8),
+                    actions=(np.stack(action_vectors[i]) if record
+                             else np.zeros((0, action_size(envs.action_space)), np.float32)),
+                    rewards=np.asarray(rewards[i], np.float32),
+                    terminated=np.asarray(terminals[i], bool),
+                    seed=int(seeds[i]),
+                )
+                observed[i], action_vectors[i] = [], []
+            running = running[~ended]
+
+
+class EnvPoolSlots:
+    """`EnvWorkerPool`'s interface on EnvPool, for population evaluation (`training.population.run_episodes`).
+
+    All slots live in one "worker" (this process; EnvPool's threads step them). `reset(slots, seeds)` makes
+    a fresh batch whose env i plays the episode of seeds[i] (EnvPool fixes seeds at creation: about 50 ms
+    for a CarRacing batch), `step_async` / `step_wait` step a subset of its envs.
+    """
+
+    workers = 1
+
+    def __init__(self, env_cfg: EnvConfig, num_envs: int, num_threads: int = 0):
+        self.env_cfg, self.num_envs, self.num_threads = env_cfg, num_envs, num_threads
+        self.batch: Optional[EnvPoolBatch] = None
+        self._result: Optional[tuple[np.ndarray, ...]] = None
+
+    def reset(self, slots: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        slots = list(slots)
+        if slots != list(range(len(slots))) or len(slots) > self.num_envs:
+            raise WorldModelsError(f"EnvPoolSlots resets slots 0..n-1 (n <= {self.num_envs}) together, got {slots}")
+        self.close()
+        self.batch = EnvPoolBatch(self.env_cfg, seeds, self.num_threads)
+        return self.batch.reset()
+
+    def worker_of(self, slots: np.ndarray) -> np.ndarray:
+        return np.zeros(len(np.asarray(slots)), np.int64)
+
+    def step_async(self, worker: int, slots: Sequence[int], actions: Sequence[Any]) -> None:
+        self._result = self.batch.step(slots, actions)
+
+    def step_wait(self, worker: int) -> tuple[np.ndarray, ...]:
+        result, self._result = self._result, None
+        return result
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
+
+    def __enter__(self) -> "EnvPoolSlots":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
