@@ -30,14 +30,14 @@ import torch
 from tqdm import tqdm
 
 from config import Config, EnvConfig
-from models.agent import WorldModelAgent
 from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
 from models.ppo_agent import PPOAgent
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
+from training.population import run_episodes
 from training.ppo_envs import make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import RandomAgent, make_frame_env, run_episode
-from utils.envpool_envs import play_episodes, resolve_backend
+from utils.envpool_envs import EnvPoolSlots, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
 from utils.images import upscale
@@ -180,12 +180,21 @@ def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = Fa
             return np.stack(frames)
 
 
+# Episodes that step together when World Models plays on EnvPool: one V encode and one M step per env step
+# for all of them (stage 4's `run_episodes`).
+ENVPOOL_EVAL_BATCH = 100
+
+
 def _play_on_envpool(method: str, agent: Any, env_cfg: EnvConfig, seeds: np.ndarray) -> Iterator[tuple[int, float, int]]:
-    """`_play` for every seed at once on EnvPool: one agent per episode (World Models agents share V and M)."""
+    """`_play` for every seed on EnvPool, in this process: World Models as stage 4 plays a population
+    (every episode the same C, V and M batched over episodes), random agents one per episode."""
     if method == "world_models":
-        agents = [WorldModelAgent(agent.policy, agent.params) for _ in seeds]
-    else:
-        agents = [RandomAgent(agent.space, "uniform") for _ in seeds]
+        params = np.repeat(agent.params.cpu().numpy(), len(seeds), axis=0)
+        with EnvPoolSlots(env_cfg, min(len(seeds), ENVPOOL_EVAL_BATCH)) as slots:
+            returns, lengths, _ = run_episodes(agent.policy, slots, params, np.asarray(seeds))
+        yield from zip((int(seed) for seed in seeds), returns.tolist(), lengths.tolist())
+        return
+    agents = [RandomAgent(agent.space, "uniform") for _ in seeds]
     for index, episode in play_episodes(env_cfg, agents, seeds, record=False):
         yield int(seeds[index]), episode.total_reward, episode.length
 

@@ -51,6 +51,7 @@ def collection_rate(env_id: str, backend: str, episodes: int, steps: int) -> flo
         cfg = get_config(env_id, overrides=[f"env.backend={backend}", f"collect.num_rollouts={episodes}",
                                             f"env.max_episode_steps={steps}", f"experiment.data_dir={folder}/data",
                                             f"experiment.log_dir={folder}/logs"])
+        env_action_space(cfg.env)  # warm up: EnvPool's first import registers every env it ports (seconds)
         start = time.perf_counter()
         rollouts = collect_episodes(cfg)
         seconds = time.perf_counter() - start

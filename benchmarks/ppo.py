@@ -4,14 +4,17 @@
     python benchmarks/ppo.py --quick    # under a minute
     python benchmarks/ppo.py --curve logs/ppo-lunar/ppo --out docs/ppo_lunarlander_curve.png
 
-For each env and each vector-env kind (sync: one process; async: one worker process per env) it
-measures, in the same run and on the same env object:
+For each env and each vector-env kind (sync: Gymnasium in one process; async: one Gymnasium worker
+process per env; envpool: EnvPool's C++ pool, `training/ppo_envpool.py`) it measures, in the same run
+and on the same env object:
 
 * raw SPS: env steps per second of the vector env stepping random actions, nothing else;
 * PPO SPS: env steps per second of whole PPO iterations with the env's tuned `PPOConfig`.
 
 ratio = PPO SPS / raw SPS of the same kind: the share of the env's own speed that training keeps.
-The RESULT lines report the kind `ppo.vector_env=auto` picks.
+The `ppo_<env>` RESULT lines report the Gymnasium kind `ppo.vector_env=auto` picks; the
+`ppo_<env>_envpool_vs_gymnasium` lines, PPO SPS on EnvPool / PPO SPS on that Gymnasium kind (same
+hyperparameters, same network).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter rollouts and one timed iteration")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--kinds", default="sync,async", help="vector-env kinds to measure")
+    parser.add_argument("--kinds", default="sync,async,envpool", help="vector-env kinds to measure")
     parser.add_argument("--curve", type=Path, help="instead: plot the learning curve of this TensorBoard log dir")
     parser.add_argument("--out", type=Path, default=Path("docs/ppo_curve.png"), help="PNG path for --curve")
     parser.add_argument("--title", default="", help="plot title for --curve")
@@ -148,12 +151,15 @@ def main() -> None:
                 ratios[kind], speeds[kind] = trained / raw, trained
                 rows.append((env_id, kind, cfg.ppo.num_envs, cfg.ppo.num_steps, raw, trained, trained / raw))
                 print(f"  {env_id:16s} {kind:5s}: raw {raw:8.0f} steps/s   ppo {trained:7.0f} steps/s", flush=True)
-        chosen = choose_vector_env(cfg)
+        gymnasium_cfg = get_config(env_id, overrides=[*overrides, "env.backend=gymnasium"])
+        chosen = choose_vector_env(gymnasium_cfg)
         best = max(speeds, key=speeds.get)
         target = TARGETS["cuda" if device.type == "cuda" else "cpu"][name]
         results.append(f"RESULT ppo_{name} ratio={ratios.get(chosen, ratios[best]):.2f} target={target}")
-        if chosen in ratios and best != chosen:
-            print(f"  note: {best} trained faster than the default {chosen} here")
+        if "envpool" in speeds and chosen in speeds:
+            results.append(f"RESULT ppo_{name}_envpool_vs_gymnasium ratio={speeds['envpool'] / speeds[chosen]:.2f}")
+        if best != choose_vector_env(cfg):
+            print(f"  note: {best} trained faster than the default {choose_vector_env(cfg)} here")
 
     print(f"\n{'env':16s} {'kind':5s} {'envs':>4s} {'steps':>5s} {'raw SPS':>9s} {'PPO SPS':>9s} {'ratio':>6s}")
     for env_id, kind, envs_n, steps, raw, trained, ratio in rows:

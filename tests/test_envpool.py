@@ -282,3 +282,41 @@ def test_ppo_trains_on_envpool_and_refuses_what_it_cannot_serve(tmp_path, capsys
     from training.ppo_envs import choose_vector_env
 
     assert choose_vector_env(gymnasium_cfg) == "sync"
+
+
+class RecordingAgent(RandomAgent):
+    """A random agent that keeps a copy of every frame it is shown."""
+
+    def reset(self, seed=None):
+        super().reset(seed)
+        self.seen = []
+
+    def act(self, frame):
+        self.seen.append(frame.copy())
+        return super().act(frame)
+
+
+@pytest.mark.parametrize("env_id", ["LunarLander-v3", "CarRacing-v3"])
+def test_stored_frames_are_the_frames_each_step_showed_the_agent(env_id):
+    cfg = get_config(env_id, overrides=["env.backend=envpool", "env.max_episode_steps=60"])
+    space = env_action_space(cfg.env)
+    agents = [RecordingAgent(space, "uniform") for _ in range(3)]
+    episodes = dict(play_episodes(cfg.env, agents, [4, 5, 6]))
+    for index, agent in enumerate(agents):
+        np.testing.assert_array_equal(episodes[index].obs, np.stack(agent.seen))
+        # The picture moves: the lander falls, the car drives (not one frame repeated).
+        obs = episodes[index].obs
+        assert len(np.unique(obs.reshape(len(obs), -1), axis=0)) > 5
+
+
+def test_stage_4_records_the_frames_of_its_first_episode_as_they_were_played(tmp_path):
+    from benchmarks.common import untrained_policy
+
+    cfg = envpool_config(tmp_path, "LunarLander-v3", ["env.max_episode_steps=50"])
+    policy, num_params = untrained_policy(cfg, env_action_space(cfg.env))
+    params = np.random.default_rng(1).normal(0, 0.5, (2, num_params)).astype(np.float32)
+    with EnvPoolSlots(cfg.env, 2) as pool:
+        _, lengths, recorded = run_episodes(policy, pool, params, np.array([8, 9]), record_first=True)
+    (_, alone), = play_episodes(cfg.env, [WorldModelAgent(policy, params[0])], [8])
+    assert len(recorded) == lengths[0]
+    np.testing.assert_array_equal(recorded, alone.obs)

@@ -39,7 +39,7 @@ def run_episodes(policy: WorldModelPolicy, pool: EnvWorkerPool | EnvPoolSlots, p
 
         def act_and_send(worker: int, slots: np.ndarray) -> None:
             if record_first and start == 0 and slots[0] == 0:
-                recorded.append(frames[0])
+                recorded.append(frames[0].copy())  # `frames` is overwritten in place as episodes step
             rows = torch.as_tensor(slots, device=policy.device)
             step = policy.act(frames[slots], params_tensor[start + rows], (hidden[0][:, rows], hidden[1][:, rows]))
             hidden[0][:, rows], hidden[1][:, rows] = step.hidden

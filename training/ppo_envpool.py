@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector.utils import batch_space
 
 from config import Config
 from utils.environment import is_atari, resolve_env_id
@@ -87,6 +88,7 @@ class EnvPoolVectorEnv:
         space = self.pool.action_space
         self.single_action_space: gym.Space = gym.spaces.Discrete(int(space.n)) if hasattr(space, "n") else \
             gym.spaces.Box(np.asarray(space.low, np.float32), np.asarray(space.high, np.float32), dtype=np.float32)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
 
     def _make_pool(self, seed: int) -> None:
         import envpool

