@@ -96,7 +96,7 @@ def model_times(policy, params: np.ndarray, frames: np.ndarray, repeats: int) ->
     times = {"V": 0.0, "C": 0.0, "M": 0.0}
     for _ in range(repeats):
         start = time.perf_counter()
-        z, _ = policy.vae.encode(frames_to_input(frames, device, channels_last=False))
+        z = policy.encoder(frames_to_input(frames, device, channels_last=True))
         middle = time.perf_counter()
         outputs = population_forward(policy.layer_shapes, params_tensor, controller_input(z, hidden[0][0], policy.inputs))
         actions = outputs_to_actions(outputs, policy.action_space)

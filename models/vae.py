@@ -108,6 +108,55 @@ class ConvVAE(nn.Module):
         return self.decode_logits(z), mu, logvar
 
 
+class PosteriorMeanEncoder(nn.Module):
+    """V's encoder for acting: frames -> mu, the same function as `ConvVAE.encode(x)[0]` in eval mode,
+    built for speed on the CPU. Each BatchNorm is folded into the convolution before it (its eval-mode
+    affine map merged into the conv's weights and bias), and the weights are channels_last, as
+    `frames_to_input` delivers frames. Measured on 2 CPU cores, a batch of 32 frames: 21.6 ms with
+    `ConvVAE.encode`, 12.7 ms channels_last, 10.7 ms folded too (benchmarks/backends.py shows V's share
+    of a CMA-ES generation). A snapshot: rebuild it if V's weights change.
+
+    x: (B, 3, 64, 64) float in [0, 1] -> mu (B, latent_size)
+    """
+
+    def __init__(self, vae: ConvVAE):
+        super().__init__()
+        layers: list[nn.Module] = []
+        modules = list(vae.encoder)
+        for index, module in enumerate(modules):
+            if isinstance(module, nn.BatchNorm2d):
+                continue  # folded into the convolution before it
+            if isinstance(module, nn.Conv2d):
+                following = modules[index + 1] if index + 1 < len(modules) else None
+                module = _fold_batch_norm(module, following) if isinstance(following, nn.BatchNorm2d) \
+                    else _copy_conv(module)
+            layers.append(module)
+        self.features = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.fc_mu = nn.Linear(vae.fc_mu.in_features, vae.fc_mu.out_features)
+        self.fc_mu.load_state_dict(vae.fc_mu.state_dict())
+        self.to(vae.fc_mu.weight.device).eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_mu(self.features(x))
+
+
+def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None)
+    copy.load_state_dict(conv.state_dict())
+    return copy
+
+
+@torch.no_grad()
+def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """conv then BatchNorm (eval) as one conv: y = scale * (W x + b - mean) + shift, scale = gamma / sqrt(var + eps)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=True)
+    folded.weight.copy_(conv.weight * scale[:, None, None, None])
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    folded.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    return folded
+
+
 def vae_loss(
     recon_logits: torch.Tensor,
     target: torch.Tensor,

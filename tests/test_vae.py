@@ -14,7 +14,7 @@ from conftest import isolate
 
 from config import Config, get_config
 from models.loaders import load_vae
-from models.vae import ConvVAE, foreground_weights, frames_to_input, vae_loss
+from models.vae import ConvVAE, PosteriorMeanEncoder, foreground_weights, frames_to_input, vae_loss
 from training import train_vae as train_vae_module
 from training.collect import collect
 from training.train_vae import train_vae
@@ -274,3 +274,24 @@ def test_corrupt_episode_file_is_an_error_naming_it(tmp_path, data_root):
     broken.write_bytes(broken.read_bytes()[:500])
     with pytest.raises(WorldModelsError, match=f"corrupt episode file .*{broken.name}"):
         train_vae(cfg)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_the_acting_encoder_computes_vs_posterior_mean(batch_norm):
+    torch.manual_seed(0)
+    vae = ConvVAE(latent_size=16, batch_norm=batch_norm)
+    for module in vae.modules():  # statistics and affine maps far from the identity a fresh layer has
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.3, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    vae.eval()
+    frames = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    encoder = PosteriorMeanEncoder(vae)
+    with torch.no_grad():
+        expected, _ = vae.encode(frames_to_input(frames, "cpu", channels_last=False))
+        mu = encoder(frames_to_input(frames, "cpu", channels_last=True))
+    assert mu.shape == (5, 16) and expected.abs().max() > 0.01
+    torch.testing.assert_close(mu, expected, rtol=1e-4, atol=1e-6)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
