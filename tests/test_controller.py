@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
 from tests.conftest import isolate, tiny_pipeline_config
 from train import run_pipeline
+from training.learning_curve import CURVE_COLUMNS
 from training.population import run_episodes
 from training.train_controller import train_controller
 from utils.env_workers import EnvWorkerPool
@@ -142,6 +145,22 @@ def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tm
     uninterrupted = load_controller_checkpoint(straight)
     torch.testing.assert_close(resumed["fitness_history"], uninterrupted["fitness_history"])
     torch.testing.assert_close(resumed["best_params"], uninterrupted["best_params"])
+    # The learning curve: the resumed run continues its totals; every column but wall time is the
+    # uninterrupted run's. Episodes: population x rollouts a generation, plus 2 x eval_episodes when the
+    # mean and the best candidate are re-scored (generations 2 and 3: eval_every=2, and the last one).
+    wall = CURVE_COLUMNS.index("wall_seconds")
+    keep = [i for i in range(len(CURVE_COLUMNS)) if i != wall]
+    torch.testing.assert_close(resumed["curve"][:, keep], uninterrupted["curve"][:, keep], equal_nan=True)
+    c = interrupted.controller
+    per_generation = c.population_size * c.rollouts_per_candidate
+    with open(checkpoint_path(interrupted, "controller").with_name("controller_curve.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["generation"]) for row in rows] == [1, 2, 3]
+    assert [int(row["real_episodes"]) for row in rows] == [per_generation, 2 * per_generation + 2 * c.eval_episodes,
+                                                           3 * per_generation + 4 * c.eval_episodes]
+    assert rows[0]["eval_mean_params"] == "" and rows[1]["eval_mean_params"] != ""
+    assert 0 < int(rows[0]["real_env_steps"]) <= per_generation * 60 < int(rows[2]["real_env_steps"])
+    assert float(rows[0]["wall_seconds"]) < float(rows[1]["wall_seconds"]) < float(rows[2]["wall_seconds"])
 
 
 def test_skipped_stage_without_its_output_names_the_command(smoke_config, tmp_path):

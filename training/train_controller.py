@@ -32,6 +32,7 @@ from config import Config
 from models.controller import CMAES
 from models.loaders import build_policy, load_controller_checkpoint, make_controller
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
+from training.learning_curve import LearningCurve
 from training.population import run_episodes
 from training.train_utils import run_cli, run_stage
 from utils.env_workers import make_env_slots
@@ -48,6 +49,7 @@ class ControllerRun(NamedTuple):
     start_generation: int
     best_params: np.ndarray  # (N,) float32
     best_score: float
+    curve: LearningCurve  # the generations so far and the work they spent
 
 
 def resume_controller(cfg: Config, es: CMAES, num_params: int) -> ControllerRun:
@@ -55,14 +57,16 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int) -> ControllerRun:
     fitnesses) and return where the run stands; a fresh run when there is no checkpoint."""
     path = checkpoint_path(cfg, "controller")
     if not path.is_file():
-        return ControllerRun(0, np.zeros(num_params, np.float32), -np.inf)
+        return ControllerRun(0, np.zeros(num_params, np.float32), -np.inf, LearningCurve())
     checkpoint = load_controller_checkpoint(cfg)
     require_match("controller parameters", int(checkpoint["best_params"].numel()), num_params, path)
     require_match("controller.population_size", checkpoint["config"]["controller"]["population_size"],
                   cfg.controller.population_size, path)
     history = checkpoint["fitness_history"].numpy()
     es.replay(history)
-    return ControllerRun(len(history), checkpoint["best_params"].numpy(), float(checkpoint["best_score"]))
+    # A checkpoint from before the curve was kept starts its totals at this resume.
+    curve = LearningCurve(checkpoint.get("curve"))
+    return ControllerRun(len(history), checkpoint["best_params"].numpy(), float(checkpoint["best_score"]), curve)
 
 
 def train_controller(cfg: Config) -> Path:
@@ -75,7 +79,7 @@ def train_controller(cfg: Config) -> Path:
     num_params = make_controller(cfg, action_space).num_parameters
     es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed)
     path = checkpoint_path(cfg, "controller")
-    start_generation, best_params, best_score = resume_controller(cfg, es, num_params)
+    start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params)
     if start_generation >= c.generations:
         print(f"controller: {path} already has {start_generation} generations (best score {best_score:.1f}); nothing to do")
         return path
@@ -118,6 +122,9 @@ def train_controller(cfg: Config) -> Path:
                     returns, lengths, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), seeds)
                 fitness = returns.reshape(c.population_size, rollouts).mean(axis=1)
                 es.tell(fitness)
+                # Real-env work this generation: the rollouts (real mode), then re-evaluation and video below.
+                real_episodes, real_steps = (0, 0) if dream else (len(lengths), int(lengths.sum()))
+                evaluation = None
                 elapsed = time.perf_counter() - started
                 step = generation + 1
                 writer.add_scalar(f"{fitness_tag}_mean", fitness.mean(), step)
@@ -135,17 +142,29 @@ def train_controller(cfg: Config) -> Path:
                     # Score the mean and the generation's best on fresh episodes; the better one competes for "best".
                     candidates = np.stack([es.mean, solutions[int(np.argmax(fitness))]]).astype(np.float32)
                     eval_seeds = episode_seeds(cfg, "controller_eval", 0, c.eval_episodes)
-                    eval_returns, _, _ = run_episodes(policy, pool, np.repeat(candidates, c.eval_episodes, axis=0),
-                                                      np.tile(eval_seeds, 2))
+                    eval_returns, eval_lengths, _ = run_episodes(policy, pool, np.repeat(candidates, c.eval_episodes, axis=0),
+                                                                 np.tile(eval_seeds, 2))
+                    real_episodes, real_steps = real_episodes + len(eval_lengths), real_steps + int(eval_lengths.sum())
                     scores = eval_returns.reshape(2, c.eval_episodes).mean(axis=1)
                     winner = int(np.argmax(scores))
                     if scores[winner] > best_score:
                         best_score, best_params = float(scores[winner]), candidates[winner]
                     last_eval = {"eval_mean_params": float(scores[0]), "eval_best_candidate": float(scores[1])}
+                    evaluation = (float(scores[0]), float(scores[1]))
                     writer.add_scalar("controller/eval_score_mean_params", scores[0], step)
                     writer.add_scalar("controller/eval_score_best_candidate", scores[1], step)
                     writer.add_scalar("controller/best_score", best_score, step)
 
+                video_due = c.video_every and (step % c.video_every == 0 or step == c.generations)
+                recorded = None
+                if video_due and np.isfinite(best_score):
+                    _, video_lengths, recorded = run_episodes(policy, pool, best_params[None],
+                                                              episode_seeds(cfg, "controller_eval", 0, 1), record_first=True)
+                    real_episodes, real_steps = real_episodes + 1, real_steps + int(video_lengths.sum())
+                curve.add(step, real_episodes, real_steps, len(lengths) if dream else 0, time.perf_counter() - started,
+                          fitness, es.sigma, evaluation, best_score)
+                writer.add_scalar("controller/real_episodes", curve.total("real_episodes"), step)
+                writer.add_scalar("controller/real_env_steps", curve.total("real_env_steps"), step)
                 save_checkpoint(
                     path, "controller", cfg,
                     best_params=torch.as_tensor(best_params, dtype=torch.float32),
@@ -153,15 +172,14 @@ def train_controller(cfg: Config) -> Path:
                     best_score=best_score,
                     fitness_history=torch.as_tensor(np.stack(es.fitness_history)),
                     generation=step,
+                    curve=curve.as_tensor(),
                     layer_shapes=[list(shape) for shape in policy.layer_shapes],
                     metrics={"fitness_mean": float(fitness.mean()), "fitness_best": float(fitness.max()),
                              "sigma": es.sigma, **last_eval},
                 )
-                video_due = c.video_every and (step % c.video_every == 0 or step == c.generations)
-                if video_due and np.isfinite(best_score):
-                    _, _, frames = run_episodes(policy, pool, best_params[None],
-                                                episode_seeds(cfg, "controller_eval", 0, 1), record_first=True)
-                    log_video(writer, "controller/best_candidate", frames, step,
+                curve.write_csv(path.with_name("controller_curve.csv"))
+                if recorded is not None:
+                    log_video(writer, "controller/best_candidate", recorded, step,
                               experiment_dir(cfg, "videos") / f"controller_gen{step:04d}.mp4")
                 if video_due and dream:
                     # What M imagines for the generation's best candidate (by dream fitness), drawn by V.
