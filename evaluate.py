@@ -180,8 +180,8 @@ def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = Fa
             return np.stack(frames)
 
 
-# Episodes that step together when World Models plays on EnvPool: one V encode and one M step per env step
-# for all of them (stage 4's `run_episodes`).
+# Episodes that step together on EnvPool (World Models: one V encode and one M step per env step for all
+# of them, stage 4's `run_episodes`).
 ENVPOOL_EVAL_BATCH = 100
 
 
@@ -194,9 +194,11 @@ def _play_on_envpool(method: str, agent: Any, env_cfg: EnvConfig, seeds: np.ndar
             returns, lengths, _ = run_episodes(agent.policy, slots, params, np.asarray(seeds))
         yield from zip((int(seed) for seed in seeds), returns.tolist(), lengths.tolist())
         return
-    agents = [RandomAgent(agent.space, "uniform") for _ in seeds]
-    for index, episode in play_episodes(env_cfg, agents, seeds, record=False):
-        yield int(seeds[index]), episode.total_reward, episode.length
+    for first in range(0, len(seeds), ENVPOOL_EVAL_BATCH):
+        chunk = seeds[first : first + ENVPOOL_EVAL_BATCH]
+        agents = [RandomAgent(agent.space, "uniform") for _ in chunk]
+        for index, episode in play_episodes(env_cfg, agents, chunk, record=False):
+            yield int(chunk[index]), episode.total_reward, episode.length
 
 
 def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, device: str, video: bool) -> tuple[Summary, list[dict]]:
@@ -395,7 +397,7 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         extra["world_models_minus_ppo"] = {"difference": difference, "ci95_low": low, "ci95_high": high}
         print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
     # Files of a run on EnvPool sit beside, not over, the Gymnasium ones (evaluating a transfer needs both).
-    name = f"{method}_envpool" if resolve_backend(cfg.env) == "envpool" else method
+    name = f"{method}_envpool" if any(s.backend == "envpool" for s in summaries) else method
     write_results(folder, name, summaries, rows, extra)
     if method == "compare":
         for path in plot_comparison(cfg, rows, summaries, folder):

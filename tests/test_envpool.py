@@ -63,7 +63,9 @@ def test_both_backends_give_alike_64x64_uint8_frames(tmp_path, env_id):
     assert np.corrcoef(*average_frames)[0, 1] > 0.9
 
 
-def test_episode_of_a_seed_is_the_same_alone_or_in_a_batch_and_never_joins_the_next():
+def test_episode_of_a_seed_is_the_same_alone_or_in_a_batch_and_never_joins_the_next(monkeypatch):
+    # As on a 4-core machine: frames are rendered in 4 threads until fewer than 4 envs are left running.
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     cfg = get_config("LunarLander-v3", overrides=["env.backend=envpool", "env.max_episode_steps=400"])
     space = env_action_space(cfg.env)
     seeds = [11, 12, 13, 14, 15]

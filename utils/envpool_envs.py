@@ -116,7 +116,8 @@ class EnvPoolBatch:
         """The V frames of `env_ids` (their images: `observation` rows, or rendered), split over threads."""
         if self.frame_threads is None or len(env_ids) < 2:
             return self._frames_of(observation, env_ids, np.arange(len(env_ids)))
-        parts = np.array_split(np.arange(len(env_ids)), self.thread_count)
+        # Never an empty part: EnvPool refuses to render no env (fewer envs run as episodes end).
+        parts = np.array_split(np.arange(len(env_ids)), min(self.thread_count, len(env_ids)))
         return np.concatenate(list(self.frame_threads.map(lambda rows: self._frames_of(observation, env_ids, rows), parts)))
 
     def _frames_of(self, observation: np.ndarray, env_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
