@@ -1,0 +1,103 @@
+"""Our CMA-ES learning curve over the original World Models CarRacing run, at equal real episodes.
+
+    python tools/plot_curve.py checkpoints/carracing-v3/controller_curve.csv --out docs/carracing_curve.png
+    python tools/plot_curve.py a/controller_curve.csv b/controller_curve.csv --labels "16x1" "16x4"
+
+Reads stage 4's `controller_curve.csv` (training/learning_curve.py) and the original run's published
+logs (`docs/reference/carracing_paper_*.csv`, from hardmaru/WorldModelsExperiments). Draws, against
+real episodes used in training (log scale: the original spent 1,024 a generation), the population's
+mean fitness and the CMA-ES mean's re-evaluation score of each run, and prints both at the milestones
+5k / 10k / 25.6k / 51.2k episodes (the last value at or before each; "-" where a run had not got there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "reference"
+MILESTONES = (5_000, 10_000, 25_600, 51_200)
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """A CSV as rows of floats (an empty cell is nan)."""
+    with open(path, newline="") as handle:
+        return [{key: float(value) if value != "" else math.nan for key, value in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
+    """The (x, y) points of the rows where y has a value."""
+    points = [(row[x], row[y]) for row in rows if math.isfinite(row[y])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def value_at(xs: list[float], ys: list[float], episodes: float) -> float:
+    """The last y at or before `episodes` real episodes; nan when the run had not got that far."""
+    if not xs or xs[-1] < episodes:
+        return math.nan
+    before = [y for x, y in zip(xs, ys) if x <= episodes]
+    return before[-1] if before else math.nan
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("curves", nargs="+", type=Path, help="controller_curve.csv files")
+    parser.add_argument("--labels", nargs="+", default=None, help="one label per curve (default: its folder)")
+    parser.add_argument("--reference", type=Path, default=REFERENCE_DIR, help="folder of carracing_paper_*.csv")
+    parser.add_argument("--out", type=Path, default=Path("docs/carracing_curve.png"))
+    args = parser.parse_args(argv)
+    labels = args.labels or [path.parent.name for path in args.curves]
+    if len(labels) != len(args.curves):
+        print(f"error: {len(labels)} labels for {len(args.curves)} curves", file=sys.stderr)
+        raise SystemExit(2)
+    missing = [str(path) for path in [*args.curves, args.reference] if not path.exists()]
+    if missing:
+        print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
+        raise SystemExit(2)
+
+    paper_population = series(read_rows(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
+    paper_mean_eval = series(read_rows(args.reference / "carracing_paper_mean_eval.csv"), "real_episodes_in_training",
+                             "mean_params_score_1024_episodes")
+    runs = {label: read_rows(path) for label, path in zip(labels, args.curves)}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    axis.plot(*paper_population, color="grey", linewidth=1, label="original: population mean")
+    axis.plot(*paper_mean_eval, "o-", color="black", markersize=3, label="original: CMA-ES mean, 1,024 episodes")
+    table = [("original", paper_population, paper_mean_eval)]
+    for label, rows in runs.items():
+        population = series(rows, "real_episodes", "fitness_mean")
+        mean_eval = series(rows, "real_episodes", "eval_mean_params")
+        line, = axis.plot(*population, linewidth=1, label=f"{label}: population mean")
+        axis.plot(*mean_eval, "o-", color=line.get_color(), markersize=3, label=f"{label}: CMA-ES mean, re-evaluated")
+        table.append((label, population, mean_eval))
+    axis.set_xscale("log")
+    axis.set_xlabel("real episodes used in training")
+    axis.set_ylabel("CarRacing-v3 return")
+    axis.axhline(900, color="green", linestyle=":", linewidth=1, label="solved (900)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=120)
+
+    def cell(value: float) -> str:
+        return f"{value:.1f}" if math.isfinite(value) else "-"
+
+    print(f"{'run':24s} " + " ".join(f"{f'{m:,} ep: pop / mean':>26s}" for m in MILESTONES))
+    for label, population, mean_eval in table:
+        print(f"{label:24s} " + " ".join(
+            f"{cell(value_at(*population, m)) + ' / ' + cell(value_at(*mean_eval, m)):>26s}" for m in MILESTONES))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
