@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +44,21 @@ def tiny_pipeline_config(root: Path, name: str, overrides: Sequence[str] = ()) -
     cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=TINY_PIPELINE_OVERRIDES + list(overrides)), root)
     cfg.experiment.name = name
     return cfg
+
+
+def kill_mid_collection(command: Sequence[str], cwd: Path, folder: Path, episodes: int = 3) -> int:
+    """Start a collection `command` in `cwd`, SIGKILL it once `folder` holds `episodes` episode files
+    (or after 90 s), and return how many it had written."""
+    from utils.data import list_episodes
+
+    process = subprocess.Popen(list(command), cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while len(list_episodes(folder)) < episodes and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return len(list_episodes(folder))
 
 
 @pytest.fixture(scope="module")

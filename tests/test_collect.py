@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import kill_mid_collection
 from training.collect import collect, make_collect_agent
 from utils.data import list_episodes, load_episode, load_episode_metadata, rollout_dir
 from utils.environment import collect_episode_seed, make_frame_env, run_episode
@@ -19,11 +18,9 @@ from utils.environment import collect_episode_seed, make_frame_env, run_episode
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "training.collect", *args]
-    if kwargs.pop("background", False):
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -49,16 +46,11 @@ def test_collects_exactly_n_episodes_that_replay_from_their_seeds(smoke_config):
 
 @pytest.mark.slow
 def test_killed_collection_resumes_without_duplicates_or_partial_files(tmp_path, smoke_config):
+    # The Gymnasium worker-process path (EnvPool's: tests/test_envpool.py).
     args = ["--env", "LunarLander-v3", "--preset", "smoke", "--num-rollouts", "12", "--workers", "1",
-            "--set", "env.max_episode_steps=150"]
-    process = run_cli(args, tmp_path, background=True)
+            "--backend", "gymnasium", "--set", "env.max_episode_steps=150"]
     folder = tmp_path / "data" / "lunarlander-v3" / "rollouts"
-    deadline = time.time() + 90
-    while len(list_episodes(folder)) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = len(list_episodes(folder))
+    done_before = kill_mid_collection([sys.executable, "-m", "training.collect", *args], tmp_path, folder)
     assert 3 <= done_before < 12, "the kill must land mid-collection"
     (folder / ".ep_000011.99999.tmp.npz").write_bytes(b"half-written")  # what a kill mid-write leaves
     result = run_cli(args, tmp_path)
@@ -67,6 +59,7 @@ def test_killed_collection_resumes_without_duplicates_or_partial_files(tmp_path,
     assert sorted(p.name for p in folder.iterdir()) == [f"ep_{i:06d}.npz" for i in range(12)]
     # identical to an uninterrupted run with the same seeds
     reference = collect(smoke_config("LunarLander-v3", ["collect.num_rollouts=12", "env.max_episode_steps=150",
+                                                        "env.backend=gymnasium",
                                                         f"experiment.data_dir={tmp_path / 'reference'}"]))
     for resumed, fresh in zip(list_episodes(folder), list_episodes(reference)):
         np.testing.assert_array_equal(load_episode(resumed)["obs"], load_episode(fresh)["obs"])

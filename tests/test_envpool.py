@@ -4,21 +4,19 @@ collection, stage 4's population evaluation, and clear errors where EnvPool cann
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 pytest.importorskip("envpool")
 
 from config import get_config  # noqa: E402
 from models.agent import WorldModelAgent  # noqa: E402
-from tests.conftest import isolate  # noqa: E402
+from tests.conftest import isolate, kill_mid_collection  # noqa: E402
 from training.population import run_episodes  # noqa: E402
 from utils.data import list_episodes, load_episode, load_episode_metadata  # noqa: E402
 from utils.envpool_envs import EnvPoolBatch, EnvPoolSlots, play_episodes, resolve_backend  # noqa: E402
@@ -114,14 +112,8 @@ def test_envpool_collection_is_resumable_and_replayable(tmp_path):
     args = [sys.executable, "-m", "training.collect", "--env", "LunarLander-v3", "--preset", "smoke", "--backend",
             "envpool", "--num-rollouts", "40", "--set", "env.max_episode_steps=300"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     folder = tmp_path / "data" / "lunarlander-v3" / "rollouts"
-    deadline = time.time() + 90
-    while len(list_episodes(folder)) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_with = len(list_episodes(folder))
+    killed_with = kill_mid_collection(args, tmp_path, folder)
     assert 0 < killed_with < 40
     finished = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert finished.returncode == 0, finished.stderr
