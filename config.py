@@ -136,6 +136,7 @@ class ControllerConfig:
     mode: str = "real"  # real = evaluate candidates in the environment | dream = inside M
     population_size: int = 64
     sigma: float = 0.5
+    weight_decay: float = 0.0  # L2 penalty on C's parameters in CMA-ES's ranking (the paper's code: 0.005)
     generations: int = 100
     rollouts_per_candidate: int = 4
     eval_every: int = 5  # every N generations, re-evaluate the mean/best on more episodes
@@ -324,6 +325,9 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "controller.eval_every": 25,
         "controller.eval_episodes": 100,
         "controller.generations": 1000,
+        # The paper's code: CMA-ES from sigma 0.1 with an L2 penalty of 0.005 on the parameters.
+        "controller.sigma": 0.1,
+        "controller.weight_decay": 0.005,
     },
 }
 
@@ -517,6 +521,7 @@ FIELD_RULES: dict[str, Rule] = {
     "controller.mode": _one_of(CONTROLLER_MODES),
     "controller.population_size": _at_least(2),
     "controller.sigma": _above(0),
+    "controller.weight_decay": _at_least(0),
     "controller.generations": _at_least(1),
     "controller.rollouts_per_candidate": _at_least(1),
     "controller.eval_every": _at_least(1),

@@ -147,10 +147,14 @@ class CMAES:
     """
 
     def __init__(self, num_params: int, sigma: float, population_size: int, seed: int,
-                 x0: Optional[np.ndarray] = None):
+                 x0: Optional[np.ndarray] = None, weight_decay: float = 0.0):
         import cma
 
         self.num_params = num_params
+        # The paper's code (estool) ranks candidates by fitness - weight_decay * mean(params^2): an L2
+        # penalty that keeps C's weights small. The penalty shapes the ranking only; the history keeps
+        # the fitness as played, and `replay` re-applies the penalty to the re-asked candidates.
+        self.weight_decay = weight_decay
         x0 = np.zeros(num_params) if x0 is None else np.asarray(x0, dtype=np.float64)
         saved = np.random.get_state()
         self.es = cma.CMAEvolutionStrategy(x0, sigma, {
@@ -190,7 +194,8 @@ class CMAES:
         fitness = np.asarray(fitness, dtype=np.float64)
         if fitness.shape != (len(self._solutions),):
             raise WorldModelsError(f"tell expects {len(self._solutions)} fitness values, got {fitness.shape}")
-        self.es.tell(list(self._solutions), list(-fitness))  # cma minimises
+        penalty = self.weight_decay * np.mean(self._solutions ** 2, axis=1)
+        self.es.tell(list(self._solutions), list(penalty - fitness))  # cma minimises
         self.fitness_history.append(fitness)
 
     def replay(self, fitness_history: np.ndarray) -> None:

@@ -206,3 +206,20 @@ def test_stages_and_evaluation_in_one_process_leave_the_thread_count_as_they_fou
     assert torch.get_num_threads() == 2
     evaluate(cfg, "world_models", episodes=2, workers=1)
     assert torch.get_num_threads() == 2
+
+
+def test_weight_decay_ranks_small_parameters_first_and_the_history_keeps_the_played_fitness():
+    def run(weight_decay: float) -> tuple[float, CMAES]:
+        es = CMAES(10, sigma=0.5, population_size=12, seed=2, x0=np.full(10, 3.0), weight_decay=weight_decay)
+        for _ in range(40):
+            es.ask()
+            es.tell(np.zeros(12))  # every candidate plays equally well: only the penalty ranks them
+        return float(np.linalg.norm(es.mean)), es
+
+    plain_norm, _ = run(0.0)
+    decayed_norm, decayed = run(0.005)
+    assert decayed_norm < 0.25 * np.linalg.norm(np.full(10, 3.0)) < plain_norm
+    assert all((fitness == 0).all() for fitness in decayed.fitness_history)
+    rebuilt = CMAES(10, sigma=0.5, population_size=12, seed=2, x0=np.full(10, 3.0), weight_decay=0.005)
+    rebuilt.replay(np.stack(decayed.fitness_history))
+    np.testing.assert_array_equal(rebuilt.mean, decayed.mean)

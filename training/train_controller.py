@@ -77,7 +77,7 @@ def train_controller(cfg: Config) -> Path:
     action_space = env_action_space(cfg.env)
     policy = build_policy(cfg, device, action_space)
     num_params = make_controller(cfg, action_space).num_parameters
-    es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed)
+    es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed, weight_decay=c.weight_decay)
     path = checkpoint_path(cfg, "controller")
     start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params)
     if start_generation >= c.generations:
