@@ -44,6 +44,9 @@ COLLECT_POLICIES = (*RANDOM_POLICIES, "controller")
 RECON_LOSSES = ("bce", "mse")
 CONTROLLER_INPUTS = ("zh", "z")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation)
 CONTROLLER_MODES = ("real", "dream")
+# How C's raw outputs become a Box action: squash = each dimension low + (tanh + 1) / 2 * (high - low);
+# carracing_paper = the paper code's CarRacing mapping (steer tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1)).
+ACTION_MAPPINGS = ("squash", "carracing_paper")
 PPO_OBSERVATIONS = ("auto", "state", "pixels")
 PPO_VECTOR_ENVS = ("auto", "sync", "async")
 ENV_BACKENDS = ("auto", "gymnasium", "envpool")
@@ -137,6 +140,7 @@ class ControllerConfig:
     population_size: int = 64
     sigma: float = 0.5
     weight_decay: float = 0.0  # L2 penalty on C's parameters in CMA-ES's ranking (the paper's code: 0.005)
+    action_mapping: str = "squash"  # Box actions: squash | carracing_paper (ACTION_MAPPINGS)
     generations: int = 100
     rollouts_per_candidate: int = 4
     eval_every: int = 5  # every N generations, re-evaluate the mean/best on more episodes
@@ -332,6 +336,12 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+# What `--preset paper` sets for one environment only: what the paper's code did for that game.
+PAPER_ENVIRONMENT_OVERRIDES: dict[str, dict[str, Any]] = {
+    "CarRacing-v3": {"controller.action_mapping": "carracing_paper"},
+}
+
+
 def env_slug(env_id: str) -> str:
     """`ALE/Pong-v5` -> `pong-v5`: the default experiment name and the data folder name."""
     return re.sub(r"[^a-z0-9.-]+", "-", env_id.split("/")[-1].lower()).strip("-")
@@ -366,6 +376,9 @@ def get_config(
         set_field(cfg, key, value)
     for key, value in PRESET_OVERRIDES[preset].items():
         set_field(cfg, key, value)
+    if preset == "paper":
+        for key, value in PAPER_ENVIRONMENT_OVERRIDES.get(env_id, {}).items():
+            set_field(cfg, key, value)
     for override in overrides or []:
         apply_override(cfg, override)
     return validate_config(cfg)
@@ -522,6 +535,7 @@ FIELD_RULES: dict[str, Rule] = {
     "controller.population_size": _at_least(2),
     "controller.sigma": _above(0),
     "controller.weight_decay": _at_least(0),
+    "controller.action_mapping": _one_of(ACTION_MAPPINGS),
     "controller.generations": _at_least(1),
     "controller.rollouts_per_candidate": _at_least(1),
     "controller.eval_every": _at_least(1),
@@ -571,6 +585,9 @@ def validate_config(cfg: Config) -> Config:
         raise WorldModelsError("collect.policy=controller needs collect.controller_experiment=<an experiment with a "
                                "trained controller>")
     parse_env_kwargs(cfg.env.env_kwargs)
+    if cfg.controller.action_mapping == "carracing_paper" and cfg.env.env_id != "CarRacing-v3":
+        raise WorldModelsError(f"controller.action_mapping=carracing_paper maps CarRacing-v3's steer, gas and brake; "
+                               f"{cfg.env.env_id} needs controller.action_mapping=squash")
     batch_size = ppo.num_envs * ppo.num_steps
     if batch_size % ppo.num_minibatches:
         raise WorldModelsError(f"ppo.num_minibatches={ppo.num_minibatches} must divide the batch of "

@@ -258,7 +258,8 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     started = time.perf_counter()
     result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None].repeat(episodes, 1),
                             sample_start_latents(*starts, episodes, generator), policy.action_space,
-                            tau, c.dream_max_steps, generator, c.inputs, c.sample_actions)
+                            tau, c.dream_max_steps, generator, c.inputs, c.sample_actions,
+                            action_mapping=c.action_mapping)
     method = f"world_models_dream_tau{tau:g}"
     rows = [{"method": method, "episode": i, "seed": i, "return": float(ret), "length": int(length)}
             for i, (ret, length) in enumerate(zip(result.returns, result.lengths))]

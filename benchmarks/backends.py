@@ -99,7 +99,7 @@ def model_times(policy, params: np.ndarray, frames: np.ndarray, repeats: int) ->
         z = policy.encoder(frames_to_input(frames, device, channels_last=True))
         middle = time.perf_counter()
         outputs = population_forward(policy.layer_shapes, params_tensor, controller_input(z, hidden[0][0], policy.inputs))
-        actions = outputs_to_actions(outputs, policy.action_space)
+        actions = outputs_to_actions(outputs, policy.action_space, mapping=policy.action_mapping)
         after_c = time.perf_counter()
         policy.mdnrnn.step(z, actions, hidden)
         end = time.perf_counter()

@@ -41,12 +41,12 @@ class WorldModelPolicy:
 
     def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, layer_shapes: Sequence[tuple[int, int]], action_space: gym.Space,
                  inputs: str = "zh", sample_actions: bool = False, device: torch.device | str = "cpu", seed: int = 0,
-                 exploration: float = 0.0):
+                 exploration: float = 0.0, action_mapping: str = "squash"):
         self.vae, self.mdnrnn = vae.eval(), mdnrnn.eval()
         self.encoder = PosteriorMeanEncoder(self.vae)  # V's mu, BatchNorm folded, channels_last: ~2x on CPU
         self.layer_shapes = list(layer_shapes)
         self.action_space, self.inputs, self.sample_actions = action_space, inputs, sample_actions
-        self.exploration = exploration
+        self.exploration, self.action_mapping = exploration, action_mapping
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -58,7 +58,8 @@ class WorldModelPolicy:
         """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H)."""
         z = self.encoder(frames_to_input(frames, self.device, channels_last=True)).float()
         outputs = population_forward(self.layer_shapes, params, controller_input(z, hidden[0][0], self.inputs))
-        action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator)
+        action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator,
+                                            self.action_mapping)
         action_vectors = explore_actions(action_vectors, self.action_space, self.exploration, self.generator)
         prediction, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
         env_actions = vectors_to_actions(action_vectors.cpu().numpy(), self.action_space)

@@ -96,12 +96,14 @@ def population_forward(layer_shapes: Sequence[tuple[int, int]], params: torch.Te
 
 
 def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = False,
-                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                       generator: Optional[torch.Generator] = None, mapping: str = "squash") -> torch.Tensor:
     """Raw outputs (E, A) -> action vectors (E, A) float32 in the format M and the data use.
 
-    Discrete: one-hot of the argmax (or of a softmax sample). Box: squashed into the bounds with
-    low + (tanh(x) + 1) / 2 * (high - low); for CarRacing this is the paper's mapping — tanh for
-    steering in [-1, 1], (tanh + 1) / 2 for gas and brake in [0, 1].
+    Discrete: one-hot of the argmax (or of a softmax sample). Box, `mapping="squash"`: each dimension
+    squashed into its bounds, low + (tanh(x) + 1) / 2 * (high - low) (for CarRacing: steering tanh, gas
+    and brake (tanh + 1) / 2, so an output of 0 brakes at 0.5). `mapping="carracing_paper"`: the paper
+    code's CarRacing mapping, steering tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1) (no brake for
+    half of the output range).
     """
     if isinstance(space, gym.spaces.Discrete):
         if sample:
@@ -109,6 +111,11 @@ def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = F
         else:
             choice = outputs.argmax(dim=-1)
         return nn.functional.one_hot(choice, outputs.shape[-1]).float()
+    if mapping == "carracing_paper":
+        if tuple(space.shape) != (3,):
+            raise WorldModelsError(f"action mapping carracing_paper needs CarRacing's 3 actions, got {space}")
+        squashed = torch.tanh(outputs)
+        return torch.stack([squashed[:, 0], (squashed[:, 1] + 1.0) / 2.0, squashed[:, 2].clamp(min=0.0)], dim=-1)
     low = torch.as_tensor(space.low, dtype=torch.float32, device=outputs.device)
     high = torch.as_tensor(space.high, dtype=torch.float32, device=outputs.device)
     return low + (torch.tanh(outputs) + 1.0) / 2.0 * (high - low)

@@ -133,7 +133,8 @@ def build_policy(cfg: Config, device: torch.device, action_space: gym.Space, exp
     mdnrnn = load_mdnrnn(cfg, device, vae=vae)
     controller = make_controller(cfg, action_space)
     return WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space, cfg.controller.inputs,
-                            cfg.controller.sample_actions, device, cfg.experiment.seed, exploration)
+                            cfg.controller.sample_actions, device, cfg.experiment.seed, exploration,
+                            cfg.controller.action_mapping)
 
 
 def load_world_model_agent(cfg: Config, device: torch.device | str, exploration: float = 0.0) -> WorldModelAgent:

@@ -68,6 +68,20 @@ def test_actions_are_mapped_into_the_action_space():
     np.testing.assert_allclose(outputs_to_actions(outputs, car_racing).numpy(), [[-1, 0, 1], [0, 0.5, 0.5]], atol=1e-6)
     one_hot = outputs_to_actions(torch.tensor([[0.1, 2.0, -1.0, 0.0]]), gym.spaces.Discrete(4))
     assert one_hot.tolist() == [[0, 1, 0, 0]]
+    # The paper code's CarRacing mapping: brake is clip(tanh, 0, 1), so a zero or negative output never brakes.
+    outputs = torch.tensor([[-50.0, -50.0, 50.0], [0.0, 0.0, 0.0], [0.5, 0.5, -3.0]])
+    paper = outputs_to_actions(outputs, car_racing, mapping="carracing_paper").numpy()
+    np.testing.assert_allclose(paper, [[-1, 0, 1], [0, 0.5, 0], [np.tanh(0.5), (np.tanh(0.5) + 1) / 2, 0]], atol=1e-6)
+    with pytest.raises(WorldModelsError, match="needs CarRacing's 3 actions"):
+        outputs_to_actions(torch.zeros(1, 2), gym.spaces.Box(-1, 1, (2,)), mapping="carracing_paper")
+
+
+def test_the_paper_preset_maps_carracing_actions_as_the_paper_and_refuses_the_mapping_elsewhere():
+    assert get_config("CarRacing-v3", preset="paper").controller.action_mapping == "carracing_paper"
+    assert get_config("CarRacing-v3").controller.action_mapping == "squash"
+    assert get_config("LunarLander-v3", preset="paper").controller.action_mapping == "squash"
+    with pytest.raises(WorldModelsError, match="LunarLander-v3 needs controller.action_mapping=squash"):
+        get_config("LunarLander-v3", overrides=["controller.action_mapping=carracing_paper"])
 
 
 def _random_policy(cfg, action_space):

@@ -119,6 +119,7 @@ def dream_rollouts(
     inputs: str = "zh",
     sample_actions: bool = False,
     record_first: bool = False,
+    action_mapping: str = "squash",
 ) -> DreamResult:
     """Play episode e with controller parameters params[e] from start_z[e] inside M, all E episodes as one
     batch per step. params: (E, N) float32 and start_z: (E, Z) float32, both on M's device.
@@ -142,7 +143,7 @@ def dream_rollouts(
         if record_first and active[0] == 0:
             recorded.append(z[0])
         outputs = population_forward(layer_shapes, active_params, controller_input(z, hidden[0][0], inputs))
-        actions = outputs_to_actions(outputs, action_space, sample_actions, generator)
+        actions = outputs_to_actions(outputs, action_space, sample_actions, generator, action_mapping)
         prediction, hidden = mdnrnn.step(z, actions, hidden)
         returns[active] += prediction.reward.double()
         lengths[active] += 1
@@ -174,5 +175,6 @@ def dream_video(policy: WorldModelPolicy, params: torch.Tensor, starts: tuple[to
     sampled from `starts` (`load_dream_starts`), decoded into frames (T, 64, 64, 3) uint8."""
     start_z = sample_start_latents(*starts, 1, generator)
     result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None], start_z, policy.action_space,
-                            temperature, max_steps, generator, policy.inputs, policy.sample_actions, record_first=True)
+                            temperature, max_steps, generator, policy.inputs, policy.sample_actions, record_first=True,
+                            action_mapping=policy.action_mapping)
     return decode_latents(policy.vae, result.first_latents)

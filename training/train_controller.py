@@ -116,7 +116,7 @@ def train_controller(cfg: Config) -> Path:
                     params = torch.as_tensor(np.repeat(solutions, rollouts, axis=0), dtype=torch.float32, device=device)
                     returns, lengths, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, action_space,
                                                          c.temperature, c.dream_max_steps, generator, c.inputs,
-                                                         c.sample_actions)
+                                                         c.sample_actions, action_mapping=c.action_mapping)
                 else:
                     seeds = np.tile(episode_seeds(cfg, "controller", generation * rollouts % 10**6, rollouts), c.population_size)
                     returns, lengths, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), seeds)
