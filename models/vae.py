@@ -13,6 +13,7 @@ Frames stay uint8 until they are on the device; `frames_to_input` does the cast 
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Union
 
 import numpy as np
@@ -129,21 +130,14 @@ class PosteriorMeanEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 following = modules[index + 1] if index + 1 < len(modules) else None
                 module = _fold_batch_norm(module, following) if isinstance(following, nn.BatchNorm2d) \
-                    else _copy_conv(module)
+                    else copy.deepcopy(module)
             layers.append(module)
         self.features = nn.Sequential(*layers).to(memory_format=torch.channels_last)
-        self.fc_mu = nn.Linear(vae.fc_mu.in_features, vae.fc_mu.out_features)
-        self.fc_mu.load_state_dict(vae.fc_mu.state_dict())
+        self.fc_mu = copy.deepcopy(vae.fc_mu)
         self.to(vae.fc_mu.weight.device).eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_mu(self.features(x))
-
-
-def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=conv.bias is not None)
-    copy.load_state_dict(conv.state_dict())
-    return copy
 
 
 @torch.no_grad()

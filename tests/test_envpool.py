@@ -20,34 +20,23 @@ from tests.conftest import isolate, kill_mid_collection  # noqa: E402
 from training.population import run_episodes  # noqa: E402
 from utils.data import list_episodes, load_episode, load_episode_metadata  # noqa: E402
 from utils.envpool_envs import EnvPoolBatch, EnvPoolSlots, play_episodes, resolve_backend  # noqa: E402
-from utils.environment import (RandomAgent, collect_episode_seed, collect_episodes, env_action_space,  # noqa: E402
-                               make_frame_env, run_episode)
+from utils.environment import RandomAgent, collect_episode_seed, collect_episodes, env_action_space  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from compare_backends import backend_frames  # noqa: E402
 
 
 def envpool_config(tmp_path, env_id="LunarLander-v3", overrides=()):
     return isolate(get_config(env_id, preset="smoke", overrides=["env.backend=envpool", *overrides]), tmp_path)
 
 
-def random_episodes(env_cfg, backend, seeds):
-    """Random-policy episodes on either backend, frames recorded."""
-    env_cfg.backend = backend
-    space = env_action_space(env_cfg)
-    if backend == "envpool":
-        return [episode for _, episode in sorted(play_episodes(env_cfg, [RandomAgent(space) for _ in seeds], seeds),
-                                                 key=lambda item: item[0])]
-    env = make_frame_env(env_cfg)
-    episodes = [run_episode(env, RandomAgent(space), int(seed)) for seed in seeds]
-    env.close()
-    return episodes
-
-
 @pytest.mark.parametrize("env_id", ["CarRacing-v3", "LunarLander-v3", "ALE/Pong-v5"])
-def test_both_backends_give_alike_64x64_uint8_frames(tmp_path, env_id):
-    cfg = envpool_config(tmp_path, env_id, ["env.max_episode_steps=60"])
-    frames = {backend: np.concatenate([e.obs for e in random_episodes(cfg.env, backend, [1, 2, 3])])
+def test_both_backends_give_alike_64x64_uint8_frames(env_id):
+    # The episodes tools/compare_backends.py compares: the env's collection policy, the same seeds.
+    frames = {backend: np.concatenate(backend_frames(env_id, backend, [1, 2, 3], steps=60))
               for backend in ("gymnasium", "envpool")}
     for backend, obs in frames.items():
         assert obs.shape[1:] == (64, 64, 3) and obs.dtype == np.uint8, backend

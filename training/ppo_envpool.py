@@ -31,8 +31,7 @@ from gymnasium.vector.utils import batch_space
 
 from config import Config
 from utils.environment import is_atari, resolve_env_id
-from utils.envpool_envs import ENVPOOL_TASKS, envpool_installed
-from utils.errors import WorldModelsError
+from utils.envpool_envs import ENVPOOL_TASKS, choose_backend, gymnasium_space
 
 
 def envpool_serves_ppo(cfg: Config, observation: str) -> bool:
@@ -46,17 +45,9 @@ def envpool_serves_ppo(cfg: Config, observation: str) -> bool:
 def resolve_ppo_backend(cfg: Config, observation: str) -> str:
     """`gymnasium` or `envpool` for PPO's training envs: `env.backend`, with `auto` taking EnvPool where it is
     installed and this module serves the env. Asking for EnvPool where it cannot serve is an error."""
-    choice = cfg.env.backend
-    serves = envpool_serves_ppo(cfg, observation)
-    if choice == "gymnasium" or (choice == "auto" and not (serves and envpool_installed())):
-        return "gymnasium"
-    if not envpool_installed():
-        raise WorldModelsError("env.backend=envpool but EnvPool is not installed; run `pip install envpool==1.2.5` "
-                               "or use --backend gymnasium")
-    if not serves:
-        raise WorldModelsError(f"PPO on EnvPool serves Atari from pixels and LunarLander-v3 from its state; "
-                               f"{cfg.env.env_id} with ppo.observation={observation} needs --backend gymnasium")
-    return "envpool"
+    return choose_backend(cfg.env.backend, envpool_serves_ppo(cfg, observation), True,
+                          f"PPO on EnvPool serves Atari from pixels and LunarLander-v3 from its state; "
+                          f"{cfg.env.env_id} with ppo.observation={observation} needs --backend gymnasium")
 
 
 def _pool_options(cfg: Config) -> dict[str, Any]:
@@ -85,9 +76,7 @@ class EnvPoolVectorEnv:
         self._make_pool(seed)
         self.single_observation_space = gym.spaces.Box(0, 255, self.pool.observation_space.shape, np.uint8) \
             if self.atari else gym.spaces.Box(-np.inf, np.inf, self.pool.observation_space.shape, np.float32)
-        space = self.pool.action_space
-        self.single_action_space: gym.Space = gym.spaces.Discrete(int(space.n)) if hasattr(space, "n") else \
-            gym.spaces.Box(np.asarray(space.low, np.float32), np.asarray(space.high, np.float32), dtype=np.float32)
+        self.single_action_space = gymnasium_space(self.pool.action_space)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
     def _make_pool(self, seed: int) -> None:

@@ -66,21 +66,27 @@ def envpool_installed() -> bool:
     return importlib.util.find_spec("envpool") is not None
 
 
-def resolve_backend(env_cfg: EnvConfig) -> str:
-    """`gymnasium` or `envpool`: what `env.backend` means for this env on this machine. Asking for
-    EnvPool where it cannot serve is a one-line error naming the fix."""
-    ported = env_cfg.env_id in ENVPOOL_TASKS and not env_cfg.env_kwargs
-    faster = ported and env_cfg.env_id in AUTO_ENVPOOL_ENVS
-    if env_cfg.backend == "gymnasium" or (env_cfg.backend == "auto" and not (faster and envpool_installed())):
+def choose_backend(choice: str, serves: bool, auto_takes_it: bool, cannot_serve: str) -> str:
+    """`gymnasium` or `envpool` for an `env.backend` `choice`, given whether EnvPool `serves` the task
+    and whether `auto` should take it there. Asking for EnvPool where it is not installed or cannot
+    serve is a one-line error (`cannot_serve` says why and what to do)."""
+    if choice == "gymnasium" or (choice == "auto" and not (serves and auto_takes_it and envpool_installed())):
         return "gymnasium"
     if not envpool_installed():
         raise WorldModelsError(f"env.backend=envpool but EnvPool is not installed; run `{INSTALL_COMMAND}` "
                                "or use --backend gymnasium")
-    if not ported:
-        extra = f" with env.env_kwargs={env_cfg.env_kwargs!r}" if env_cfg.env_kwargs else ""
-        raise WorldModelsError(f"EnvPool has no port of {env_cfg.env_id}{extra}; it serves "
-                               f"{', '.join(ENVPOOL_TASKS)}; use --backend gymnasium")
+    if not serves:
+        raise WorldModelsError(cannot_serve)
     return "envpool"
+
+
+def resolve_backend(env_cfg: EnvConfig) -> str:
+    """`gymnasium` or `envpool`: what `env.backend` means for the World Models stages on this env and machine."""
+    ported = env_cfg.env_id in ENVPOOL_TASKS and not env_cfg.env_kwargs
+    extra = f" with env.env_kwargs={env_cfg.env_kwargs!r}" if env_cfg.env_kwargs else ""
+    return choose_backend(env_cfg.backend, ported, env_cfg.env_id in AUTO_ENVPOOL_ENVS,
+                          f"EnvPool has no port of {env_cfg.env_id}{extra}; it serves {', '.join(ENVPOOL_TASKS)}; "
+                          "use --backend gymnasium")
 
 
 class EnvPoolBatch:
@@ -103,7 +109,7 @@ class EnvPoolBatch:
             self.pool = envpool.make_gymnasium(task, num_envs=self.num_envs, batch_size=self.num_envs,
                                                num_threads=num_threads, env_seed=[int(seed) for seed in seeds],
                                                max_episode_steps=env_cfg.max_episode_steps, **options)
-            self.action_space = _gymnasium_space(self.pool.action_space)
+            self.action_space = gymnasium_space(self.pool.action_space)
         self.ended = np.zeros(self.num_envs, bool)
         # Rendering (LunarLander, Atari) and resizing run in the caller's thread, one frame after another,
         # and both release the GIL: threads over the cores make them 1.8x faster on 2 cores (LunarLander,
@@ -114,10 +120,10 @@ class EnvPoolBatch:
 
     def _frames(self, observation: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
         """The V frames of `env_ids` (their images: `observation` rows, or rendered), split over threads."""
-        if self.frame_threads is None or len(env_ids) < 2:
-            return self._frames_of(observation, env_ids, np.arange(len(env_ids)))
         # Never an empty part: EnvPool refuses to render no env (fewer envs run as episodes end).
         parts = np.array_split(np.arange(len(env_ids)), min(self.thread_count, len(env_ids)))
+        if len(parts) == 1:
+            return self._frames_of(observation, env_ids, parts[0])
         return np.concatenate(list(self.frame_threads.map(lambda rows: self._frames_of(observation, env_ids, rows), parts)))
 
     def _frames_of(self, observation: np.ndarray, env_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -156,7 +162,7 @@ class EnvPoolBatch:
         self.close()
 
 
-def _gymnasium_space(space: Any) -> gym.Space:
+def gymnasium_space(space: Any) -> gym.Space:
     """EnvPool's action space as the Gymnasium space our agents branch on (Discrete or Box)."""
     if hasattr(space, "n"):
         return gym.spaces.Discrete(int(space.n))
