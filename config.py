@@ -35,14 +35,15 @@ ENV_ALIASES = {
     "Pong-v5": "ALE/Pong-v5",
     "Breakout-v5": "ALE/Breakout-v5",
 }
-SUPPORTED_ENVS = ("ALE/Pong-v5", "ALE/Breakout-v5", "LunarLander-v3", "CarRacing-v3")
+SUPPORTED_ENVS = ("ALE/Pong-v5", "ALE/Breakout-v5", "LunarLander-v3", "CarRacing-v3", "DoomTakeCover-v0")
 
 # The valid values of the enumerated fields. Each list lives here once; the code that branches on a
 # field imports its list from here.
 RANDOM_POLICIES = ("uniform", "repeat", "random_walk")
 COLLECT_POLICIES = (*RANDOM_POLICIES, "controller")
 RECON_LOSSES = ("bce", "mse")
-CONTROLLER_INPUTS = ("zh", "z")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation)
+CONTROLLER_INPUTS = ("zh", "z", "zch")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation),
+# zch = [z_t, c_t, h_t]: the LSTM's cell state too (the paper's Doom controller)
 CONTROLLER_MODES = ("real", "dream")
 # How C's raw outputs become a Box action: squash = each dimension low + (tanh + 1) / 2 * (high - low);
 # carracing_paper = the paper code's CarRacing mapping (steer tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1)).
@@ -135,7 +136,7 @@ class ControllerConfig:
     """Stage 4: the controller (C) and CMA-ES."""
 
     hidden_sizes: tuple[int, ...] = ()  # () = linear controller, as in the paper
-    inputs: str = "zh"  # zh = [z_t, h_t] (full model) | z = z_t only (ablation)
+    inputs: str = "zh"  # zh = [z_t, h_t] (full model) | z = z_t only (ablation) | zch = [z_t, c_t, h_t] (Doom)
     mode: str = "real"  # real = evaluate candidates in the environment | dream = inside M
     population_size: int = 64
     sigma: float = 0.5
@@ -150,6 +151,7 @@ class ControllerConfig:
     workers: int = 0  # 0 = one per core
     video_every: int = 10  # log a video of the best candidate every N generations; 0 = never
     sample_actions: bool = False  # discrete actions: sample from softmax instead of argmax
+    sample_z: bool = False  # C and M get a draw from V's posterior instead of its mean (the paper's CarRacing code)
 
 
 @dataclass
@@ -287,6 +289,28 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         "ppo.normalize_reward": True,
         "ppo.checkpoint_every": 10,
     },
+    # The paper's second experiment (section 4): C is trained inside M's dream and then plays the real game.
+    # Scale as the paper's: z of 64, an LSTM of 512 units, 5 mixtures, C on [z, c, h]. The episode cap is
+    # 2,100 frames (the score is frames survived). The paper collected 10,000 random episodes; 1,000
+    # (about 200k frames) is what V trains on in an afternoon on 2 CPU cores.
+    "DoomTakeCover-v0": {
+        "env.max_episode_steps": 2100,
+        "collect.policy": "repeat",  # held actions carry the agent across the room, as a policy would
+        "collect.num_rollouts": 1000,
+        "vae.latent_size": 64,
+        "vae.epochs": 5,
+        "mdnrnn.hidden_size": 512,
+        "mdnrnn.num_mixtures": 5,
+        "controller.inputs": "zch",
+        "controller.mode": "dream",
+        "controller.temperature": 1.15,
+        "controller.dream_max_steps": 2100,
+        "controller.population_size": 32,
+        "controller.rollouts_per_candidate": 8,
+        "controller.generations": 200,
+        "controller.eval_every": 10,
+        "controller.eval_episodes": 16,
+    },
 }
 
 PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -338,7 +362,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 
 # What `--preset paper` sets for one environment only: what the paper's code did for that game.
 PAPER_ENVIRONMENT_OVERRIDES: dict[str, dict[str, Any]] = {
-    "CarRacing-v3": {"controller.action_mapping": "carracing_paper"},
+    "CarRacing-v3": {"controller.action_mapping": "carracing_paper", "controller.sample_z": True},
 }
 
 

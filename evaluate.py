@@ -29,15 +29,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import Config, EnvConfig
+from config import Config, EnvConfig, canonical_env_id
 from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
 from models.ppo_agent import PPOAgent
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
 from training.population import run_episodes
 from training.ppo_envs import make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
-from utils.environment import RandomAgent, make_frame_env, run_episode
-from utils.envpool_envs import EnvPoolSlots, play_episodes, resolve_backend
+from utils.environment import RandomAgent, env_action_space, make_frame_env, run_episode
+from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolSlots, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
 from utils.images import upscale
@@ -120,13 +120,19 @@ def _trained_config(cfg: Config, stage: str) -> Config:
     return trained
 
 
+def _frame_env(env_cfg: EnvConfig) -> Any:
+    """The Gymnasium env an agent plays (and --video replays) on; None where EnvPool plays instead."""
+    return make_frame_env(env_cfg) if resolve_backend(env_cfg) == "gymnasium" else None
+
+
 def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any, str]:
-    """(agent, env, what the agent observes) for `method`."""
+    """(agent, env, what the agent observes) for `method`; env is None when EnvPool plays the episodes."""
     if method == "world_models":
         trained = _trained_config(cfg, "controller")
         agent = load_world_model_agent(trained, resolve_device(device))
-        h = f" + h ({trained.mdnrnn.hidden_size})" if trained.controller.inputs == "zh" else ""
-        return agent, make_frame_env(trained.env), f"{trained.env.frame_size}x{trained.env.frame_size} RGB -> z ({trained.vae.latent_size}){h}"
+        memory = {"z": "", "zh": " + h", "zch": " + c + h"}[trained.controller.inputs]
+        h = f"{memory} ({trained.mdnrnn.hidden_size})" if memory else ""
+        return agent, _frame_env(trained.env), f"{trained.env.frame_size}x{trained.env.frame_size} RGB -> z ({trained.vae.latent_size}){h}"
     if method == "ppo":
         _trained_config(cfg, "ppo")  # a clear message when it is missing
         agent = PPOAgent.from_checkpoint(cfg, device)
@@ -135,8 +141,7 @@ def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any,
         observes = (f"{shape[1]}x{shape[2]} gray x{shape[0]}" if len(shape) == 3 else f"state vector ({shape[0]})")
         return agent, env, observes
     if method == "random":
-        env = make_frame_env(cfg.env)
-        return RandomAgent(env.action_space, "uniform"), env, "nothing (uniform random actions)"
+        return RandomAgent(env_action_space(cfg.env), "uniform"), _frame_env(cfg.env), "nothing (uniform random actions)"
     raise WorldModelsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, compare")
 
 
@@ -180,6 +185,13 @@ def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = Fa
             return np.stack(frames)
 
 
+def record_envpool_episode(agent: Any, env_cfg: EnvConfig, seed: int) -> np.ndarray:
+    """Replay the EnvPool episode of `seed` (the one evaluated: EnvPool's episode is a function of its
+    seed and the agent) and return V's frames of it, upscaled 4x: (T, 256, 256, 3) uint8."""
+    _, episode = next(play_episodes(env_cfg, [agent], [int(seed)]))
+    return upscale(episode.obs, 4)
+
+
 # Episodes that step together on EnvPool (World Models: one V encode and one M step per env step for all
 # of them, stage 4's `run_episodes`).
 ENVPOOL_EVAL_BATCH = 100
@@ -207,8 +219,6 @@ def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, devic
     agent, env, observes = make_agent_and_env(method, cfg, device)  # fails fast, before workers start
     env_cfg = _trained_config(cfg, "controller").env if method == "world_models" else cfg.env
     backend = "gymnasium" if method == "ppo" else resolve_backend(env_cfg)
-    if backend == "envpool" and video:
-        raise WorldModelsError("--video replays episodes on Gymnasium; use --backend gymnasium with --video")
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
     started = time.perf_counter()
     if backend == "envpool":
@@ -225,14 +235,16 @@ def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, devic
         video_dir = experiment_dir(cfg, "videos")
         for label, index in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):
             seed = rows[index]["seed"]
-            path = write_mp4(record_episode(agent, env, seed), video_dir / f"eval_{method}_{label}_seed{seed}.mp4")
+            frames = record_episode(agent, env, seed) if env is not None else record_envpool_episode(agent, env_cfg, seed)
+            path = write_mp4(frames, video_dir / f"eval_{method}_{label}_seed{seed}.mp4")
             print(f"video: {path}")
-        if method == "world_models":
+        if method == "world_models" and env is not None:
             seed = rows[int(np.argmax(returns))]["seed"]
             path = write_mp4(record_episode(agent, env, seed, world_model_views=True),
                              video_dir / f"eval_world_models_views_seed{seed}.mp4")
             print(f"video (real | V's reconstruction | M's prediction): {path}")
-    env.close()
+    if env is not None:
+        env.close()
     return summary, rows
 
 
@@ -249,9 +261,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     c = trained.controller
     tau = c.temperature if temperature is None else temperature
     torch_device = resolve_device(device)
-    env = make_frame_env(trained.env)
-    policy = build_policy(trained, torch_device, env.action_space)
-    env.close()
+    policy = build_policy(trained, torch_device, env_action_space(trained.env))
     params = load_controller_checkpoint(trained, torch_device)["best_params"].to(torch_device)
     starts = load_dream_starts(trained, policy.vae, torch_device)
     generator = dream_generator(trained.experiment.seed, "evaluate", 0, torch_device)
@@ -419,7 +429,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="--dream: M's sampling temperature tau (default: the one C was trained with)")
     args = parser.parse_args(argv)
     if args.backend is None:
-        args.backend = "gymnasium"  # the numbers we publish are Gymnasium's; --backend envpool to compare
+        # The numbers we publish are Gymnasium's (--backend envpool to compare), where Gymnasium has the env.
+        args.backend = "auto" if canonical_env_id(args.env, notify=False) in ENVPOOL_ONLY_ENVS else "gymnasium"
     evaluate(config_from_args(args), args.method, args.episodes, args.workers, args.video, args.dream, args.temperature)
 
 

@@ -98,7 +98,7 @@ def model_times(policy, params: np.ndarray, frames: np.ndarray, repeats: int) ->
         start = time.perf_counter()
         z = policy.encoder(frames_to_input(frames, device, channels_last=True))
         middle = time.perf_counter()
-        outputs = population_forward(policy.layer_shapes, params_tensor, controller_input(z, hidden[0][0], policy.inputs))
+        outputs = population_forward(policy.layer_shapes, params_tensor, controller_input(z, hidden, policy.inputs))
         actions = outputs_to_actions(outputs, policy.action_space, mapping=policy.action_mapping)
         after_c = time.perf_counter()
         policy.mdnrnn.step(z, actions, hidden)

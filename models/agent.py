@@ -5,7 +5,7 @@ episode with its own controller parameters — which is what CMA-ES population e
 `WorldModelAgent` is the same policy for one episode behind the evaluation protocol
 (`reset()` / `act(frame)`), so training and evaluation share one code path.
 
-Per step t (paper, section 3): z_t = mu_V(frame_t); a_t = C([z_t, h_t]); h_{t+1} = M(z_t, a_t, h_t).
+Per step t (paper, section 3): z_t = mu_V(frame_t) (or a draw from V's posterior, `sample_z`); a_t = C([z_t, h_t]); h_{t+1} = M(z_t, a_t, h_t).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class PolicyStep(NamedTuple):
     env_actions: list[Any]  # E actions in the env's format
     action_vectors: torch.Tensor  # (E, A) float32, one-hot for discrete
     hidden: Hidden  # M's next state (h, c), each (1, E, H)
-    z: torch.Tensor  # (E, latent_size): V's encoding of the frame (posterior mean)
+    z: torch.Tensor  # (E, latent_size): V's encoding of the frame (posterior mean, or a draw with sample_z)
     predicted_next_z: torch.Tensor  # (E, latent_size): M's expectation of z_{t+1}
 
 
@@ -37,16 +37,18 @@ class WorldModelPolicy:
 
     `exploration` > 0 perturbs C's actions (`explore_actions`) before they reach the env and M, so M's
     state follows the action actually taken; stage 1 uses it to collect data with a trained C.
+    `sample_z` draws z ~ N(mu, exp(logvar)) from V's posterior instead of taking mu, and C and M both get
+    that draw: what the paper's CarRacing code does (a noisier input that C must be robust to).
     """
 
     def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, layer_shapes: Sequence[tuple[int, int]], action_space: gym.Space,
                  inputs: str = "zh", sample_actions: bool = False, device: torch.device | str = "cpu", seed: int = 0,
-                 exploration: float = 0.0, action_mapping: str = "squash"):
+                 exploration: float = 0.0, action_mapping: str = "squash", sample_z: bool = False):
         self.vae, self.mdnrnn = vae.eval(), mdnrnn.eval()
         self.encoder = PosteriorMeanEncoder(self.vae)  # V's mu, BatchNorm folded, channels_last: ~2x on CPU
         self.layer_shapes = list(layer_shapes)
         self.action_space, self.inputs, self.sample_actions = action_space, inputs, sample_actions
-        self.exploration, self.action_mapping = exploration, action_mapping
+        self.exploration, self.action_mapping, self.sample_z = exploration, action_mapping, sample_z
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -56,8 +58,14 @@ class WorldModelPolicy:
     @torch.no_grad()
     def act(self, frames: np.ndarray, params: torch.Tensor, hidden: Hidden) -> PolicyStep:
         """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H)."""
-        z = self.encoder(frames_to_input(frames, self.device, channels_last=True)).float()
-        outputs = population_forward(self.layer_shapes, params, controller_input(z, hidden[0][0], self.inputs))
+        x = frames_to_input(frames, self.device, channels_last=True)
+        if self.sample_z:
+            mu, logvar = self.encoder.posterior(x)
+            noise = torch.randn(mu.shape, generator=self.generator, device=self.device, dtype=mu.dtype)
+            z = (mu + torch.exp(0.5 * logvar) * noise).float()
+        else:
+            z = self.encoder(x).float()
+        outputs = population_forward(self.layer_shapes, params, controller_input(z, hidden, self.inputs))
         action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator,
                                             self.action_mapping)
         action_vectors = explore_actions(action_vectors, self.action_space, self.exploration, self.generator)

@@ -25,12 +25,17 @@ def controller_input_size(latent_size: int, hidden_size: int, inputs: str) -> in
     """The width of C's input vector for `controller.inputs`."""
     if inputs not in CONTROLLER_INPUTS:
         raise WorldModelsError(f"unknown controller.inputs {inputs!r}; valid: {', '.join(CONTROLLER_INPUTS)}")
-    return latent_size + (hidden_size if inputs == "zh" else 0)
+    return latent_size + {"z": 0, "zh": hidden_size, "zch": 2 * hidden_size}[inputs]
 
 
-def controller_input(z: torch.Tensor, h: torch.Tensor, inputs: str) -> torch.Tensor:
-    """C's input vector: z (E, latent_size) and M's h (E, hidden_size) -> (E, controller_input_size)."""
-    return torch.cat([z, h], dim=-1) if inputs == "zh" else z
+def controller_input(z: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor], inputs: str) -> torch.Tensor:
+    """C's input vector from z (E, latent_size) and M's state (h, c), each (1, E, hidden_size):
+    [z] | [z, h] | [z, c, h] -> (E, controller_input_size)."""
+    if inputs == "z":
+        return z
+    if inputs == "zh":
+        return torch.cat([z, hidden[0][0]], dim=-1)
+    return torch.cat([z, hidden[1][0], hidden[0][0]], dim=-1)
 
 
 class Controller(nn.Module):

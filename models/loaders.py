@@ -18,13 +18,13 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from config import Config, parse_env_kwargs
+from config import Config
 from models.agent import WorldModelAgent, WorldModelPolicy
 from models.controller import Controller, controller_input_size
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
 from utils.actions import action_size
-from utils.environment import make_env, make_frame_env
+from utils.environment import env_action_space
 from utils.errors import WorldModelsError
 from utils.files import best_checkpoint_path, checkpoint_config, checkpoint_path, load_checkpoint, require_match
 
@@ -76,10 +76,7 @@ def vae_fingerprint(vae: nn.Module) -> str:
 # ------------------------------------------------------------------------------------------------ M
 def env_action_size(cfg: Config) -> int:
     """A: the action vector width of `cfg`'s env (with its env_kwargs, e.g. continuous=True)."""
-    env = make_env(cfg.env.env_id, **parse_env_kwargs(cfg.env.env_kwargs))
-    size = action_size(env.action_space)
-    env.close()
-    return size
+    return action_size(env_action_space(cfg.env))
 
 
 def load_mdnrnn_checkpoint(cfg: Config, path: Path, device: Any = "cpu") -> dict[str, Any]:
@@ -134,15 +131,13 @@ def build_policy(cfg: Config, device: torch.device, action_space: gym.Space, exp
     controller = make_controller(cfg, action_space)
     return WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space, cfg.controller.inputs,
                             cfg.controller.sample_actions, device, cfg.experiment.seed, exploration,
-                            cfg.controller.action_mapping)
+                            cfg.controller.action_mapping, cfg.controller.sample_z)
 
 
 def load_world_model_agent(cfg: Config, device: torch.device | str, exploration: float = 0.0) -> WorldModelAgent:
     """The trained World Models agent of `cfg`'s experiment: V, M and the kept-best C (its actions
     perturbed by `explore_actions` when `exploration` > 0)."""
     device = torch.device(device)
-    env = make_frame_env(cfg.env)
-    policy = build_policy(cfg, device, env.action_space, exploration)
-    env.close()
+    policy = build_policy(cfg, device, env_action_space(cfg.env), exploration)
     checkpoint = load_controller_checkpoint(cfg, device)
     return WorldModelAgent(policy, checkpoint["best_params"])

@@ -117,7 +117,8 @@ class PosteriorMeanEncoder(nn.Module):
     `ConvVAE.encode`, 12.7 ms channels_last, 10.7 ms folded too (benchmarks/backends.py shows V's share
     of a CMA-ES generation). A snapshot: rebuild it if V's weights change.
 
-    x: (B, 3, 64, 64) float in [0, 1] -> mu (B, latent_size)
+    x: (B, 3, 64, 64) float in [0, 1] -> mu (B, latent_size); `posterior(x)` gives (mu, logvar) for a
+    policy that samples z, as the paper's CarRacing code does (`controller.sample_z`).
     """
 
     def __init__(self, vae: ConvVAE):
@@ -134,10 +135,16 @@ class PosteriorMeanEncoder(nn.Module):
             layers.append(module)
         self.features = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.fc_mu = copy.deepcopy(vae.fc_mu)
+        self.fc_logvar = copy.deepcopy(vae.fc_logvar)
         self.to(vae.fc_mu.weight.device).eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_mu(self.features(x))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 3, 64, 64) -> (mu, logvar), each (B, latent_size)."""
+        features = self.features(x)
+        return self.fc_mu(features), self.fc_logvar(features)
 
 
 @torch.no_grad()

@@ -119,6 +119,7 @@ def test_unknown_section_lists_the_sections():
 UNBOUNDED_FIELDS = {
     "env.env_id", "env.env_kwargs", "collect.compress", "collect.controller_experiment", "collect.extra_rollouts",
     "vae.batch_norm", "vae.channels_last", "vae.amp", "mdnrnn.train", "mdnrnn.amp", "controller.sample_actions",
+    "controller.sample_z",
     "ppo.anneal_lr", "ppo.clip_vloss", "ppo.normalize_observation", "ppo.normalize_reward", "ppo.grayscale",
     "experiment.name", "experiment.data_dir", "experiment.checkpoint_dir", "experiment.log_dir", "experiment.video_dir",
     "experiment.results_dir", "experiment.ray_address",
@@ -163,6 +164,6 @@ def test_a_bad_value_stops_train_py_at_once_with_exit_2_and_nothing_written(tmp_
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--env", "LunarLander-v3", "--preset", "smoke",
                              "--set", "controller.inputs=hz"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unknown controller.inputs 'hz'; valid: zh, z"]
+    assert result.stderr.strip().splitlines() == ["error: unknown controller.inputs 'hz'; valid: zh, z, zch"]
     assert list(tmp_path.iterdir()) == []  # no data/, checkpoints/ or logs/
     assert time.perf_counter() - started < 30

@@ -11,7 +11,7 @@ import torch
 
 from config import get_config
 from models.agent import WorldModelAgent, WorldModelPolicy
-from models.controller import CMAES, Controller, outputs_to_actions, population_forward
+from models.controller import CMAES, Controller, controller_input, controller_input_size, outputs_to_actions, population_forward
 from models.loaders import load_controller_checkpoint, load_world_model_agent
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
@@ -82,6 +82,40 @@ def test_the_paper_preset_maps_carracing_actions_as_the_paper_and_refuses_the_ma
     assert get_config("LunarLander-v3", preset="paper").controller.action_mapping == "squash"
     with pytest.raises(WorldModelsError, match="LunarLander-v3 needs controller.action_mapping=squash"):
         get_config("LunarLander-v3", overrides=["controller.action_mapping=carracing_paper"])
+
+
+def test_the_paper_preset_samples_z_on_carracing_and_a_sampled_z_is_a_posterior_draw():
+    assert get_config("CarRacing-v3", preset="paper").controller.sample_z
+    assert not get_config("CarRacing-v3").controller.sample_z
+    assert not get_config("LunarLander-v3", preset="paper").controller.sample_z
+    torch.manual_seed(0)
+    vae = ConvVAE(8).eval()
+    with torch.no_grad():
+        vae.fc_logvar.bias.fill_(-1.0)  # a posterior std of exp(-0.5) ~ 0.61 in every dim
+    action_space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
+    mdnrnn = MDNRNN(8, 3, 16, 2)
+    controller = Controller(8 + 16, 3)
+    params = torch.zeros(1, controller.num_parameters)
+    frames = np.full((1, 64, 64, 3), 100, np.uint8)
+
+    def draws(sample_z: bool, seed: int) -> torch.Tensor:
+        policy = WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space, seed=seed, sample_z=sample_z)
+        return torch.cat([policy.act(frames, params, policy.initial_state(1)).z for _ in range(400)])
+
+    mean_z = draws(False, 0)
+    assert torch.equal(mean_z, mean_z[:1].expand_as(mean_z))  # the posterior mean: the same z every time
+    sampled = draws(True, 0)
+    torch.testing.assert_close(sampled.mean(0), mean_z[0], atol=0.12, rtol=0)
+    torch.testing.assert_close(sampled.std(0), torch.full((8,), float(np.exp(-0.5))), atol=0.08, rtol=0)
+    assert torch.equal(sampled, draws(True, 0)) and not torch.equal(sampled, draws(True, 1))
+
+
+def test_controller_inputs_are_z_zh_or_the_papers_doom_zch():
+    z, h, c = torch.randn(5, 4), torch.randn(1, 5, 3), torch.randn(1, 5, 3)
+    assert torch.equal(controller_input(z, (h, c), "z"), z)
+    assert torch.equal(controller_input(z, (h, c), "zh"), torch.cat([z, h[0]], 1))
+    assert torch.equal(controller_input(z, (h, c), "zch"), torch.cat([z, c[0], h[0]], 1))
+    assert [controller_input_size(4, 3, inputs) for inputs in ("z", "zh", "zch")] == [4, 7, 10]
 
 
 def _random_policy(cfg, action_space):

@@ -9,10 +9,12 @@ import pytest
 from config import SUPPORTED_ENVS, EnvConfig
 from utils.actions import action_to_vector, vector_to_action
 from utils.environment import RandomAgent, make_frame_env, preprocess_frame, resolve_env_id, run_episode
+from utils.envpool_envs import ENVPOOL_ONLY_ENVS
 from utils.errors import WorldModelsError
 
 
-@pytest.mark.parametrize("env_id", [*SUPPORTED_ENVS, "CartPole-v1"])
+# DoomTakeCover-v0 has no Gymnasium env: tests/test_doom.py checks its frames on EnvPool.
+@pytest.mark.parametrize("env_id", [*(env for env in SUPPORTED_ENVS if env not in ENVPOOL_ONLY_ENVS), "CartPole-v1"])
 def test_every_env_produces_64x64_uint8_frames(env_id):
     env = make_frame_env(EnvConfig(env_id=env_id, max_episode_steps=20))
     episode = run_episode(env, RandomAgent(env.action_space), seed=1)

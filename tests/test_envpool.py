@@ -135,7 +135,7 @@ def test_envpool_where_it_cannot_serve_is_one_line_exit_2_and_writes_nothing(tmp
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: EnvPool has no port of CartPole-v1; it serves CarRacing-v3, LunarLander-v3, ALE/Pong-v5, "
-        "ALE/Breakout-v5; use --backend gymnasium"]
+        "ALE/Breakout-v5, DoomTakeCover-v0; use --backend gymnasium"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -290,8 +290,11 @@ def test_the_acting_encoder_computes_vs_posterior_mean(batch_norm):
     frames = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     encoder = PosteriorMeanEncoder(vae)
     with torch.no_grad():
-        expected, _ = vae.encode(frames_to_input(frames, "cpu", channels_last=False))
+        expected, expected_logvar = vae.encode(frames_to_input(frames, "cpu", channels_last=False))
         mu = encoder(frames_to_input(frames, "cpu", channels_last=True))
+        posterior_mu, logvar = encoder.posterior(frames_to_input(frames, "cpu", channels_last=True))
     assert mu.shape == (5, 16) and expected.abs().max() > 0.01
     torch.testing.assert_close(mu, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(posterior_mu, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logvar, expected_logvar, rtol=1e-4, atol=1e-6)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())

@@ -2,7 +2,7 @@
 
 A dream episode starts from a latent z_0 of a real frame and then never sees a frame again. Per step t:
 
-    a_t = C([z_t, h_t])                                 (or C(z_t) with controller.inputs=z)
+    a_t = C([z_t, h_t])                 (or C(z_t) with controller.inputs=z, C([z_t, c_t, h_t]) with zch)
     log_pi, mu, log_sigma, r_t, done_logit, h_{t+1} = M(z_t, a_t, h_t)
     z_{t+1} ~ mixture(log_pi, mu, log_sigma) at temperature tau       (`sample_next_z`)
     done_t  ~ Bernoulli(sigmoid(done_logit))
@@ -142,7 +142,7 @@ def dream_rollouts(
         noise = draw_step_noise(generator, total, mdnrnn.num_mixtures, mdnrnn.latent_size, device)
         if record_first and active[0] == 0:
             recorded.append(z[0])
-        outputs = population_forward(layer_shapes, active_params, controller_input(z, hidden[0][0], inputs))
+        outputs = population_forward(layer_shapes, active_params, controller_input(z, hidden, inputs))
         actions = outputs_to_actions(outputs, action_space, sample_actions, generator, action_mapping)
         prediction, hidden = mdnrnn.step(z, actions, hidden)
         returns[active] += prediction.reward.double()

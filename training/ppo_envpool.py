@@ -70,7 +70,7 @@ class EnvPoolVectorEnv:
     def __init__(self, cfg: Config, seed: int = 0):
         self.cfg = cfg
         self.num_envs = cfg.ppo.num_envs
-        self.task = ENVPOOL_TASKS[resolve_env_id(cfg.env.env_id)][0]
+        self.task = ENVPOOL_TASKS[resolve_env_id(cfg.env.env_id)].task
         self.atari = is_atari(resolve_env_id(cfg.env.env_id))
         self.pool: Any = None
         self._make_pool(seed)

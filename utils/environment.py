@@ -22,7 +22,7 @@ from tqdm import tqdm
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
 from utils.actions import action_size, action_to_vector
 from utils.data import Episode, episode_path, list_episodes, load_episode, rollout_dir, save_episode
-from utils.envpool_envs import EnvPoolBatch, play_episodes, resolve_backend
+from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, envpool_only_error, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import ensure_writable_dir, experiment_dir, make_writer
 from utils.frames import has_image_observation, preprocess_frame
@@ -54,7 +54,7 @@ def resolve_env_id(env_id: str) -> str:
     """Canonical, registered env id; an unknown one fails with the list of supported envs."""
     register_atari_envs()
     env_id = canonical_env_id(env_id, notify=False)
-    if env_id not in gym.envs.registry:
+    if env_id not in gym.envs.registry and env_id not in ENVPOOL_ONLY_ENVS:
         raise WorldModelsError(
             f"unknown environment {env_id!r}; supported: {', '.join(SUPPORTED_ENVS)} "
             "(or any id registered with gymnasium.register)"
@@ -69,6 +69,8 @@ def is_atari(env_id: str) -> bool:
 def make_env(env_id: str, render_mode: Optional[str] = None, max_episode_steps: Optional[int] = None, **kwargs: Any) -> gym.Env:
     """`gymnasium.make` for a supported or user-registered id (aliases accepted), unwrapped of nothing."""
     env_id = resolve_env_id(env_id)
+    if env_id in ENVPOOL_ONLY_ENVS:  # every Gymnasium path (PPO, evaluate --backend gymnasium) ends here
+        raise envpool_only_error(env_id)
     if max_episode_steps:
         kwargs["max_episode_steps"] = max_episode_steps
     return gym.make(env_id, render_mode=render_mode, **kwargs)
@@ -341,6 +343,8 @@ def _self_check() -> None:
     import time
 
     for env_id in SUPPORTED_ENVS:
+        if env_id in ENVPOOL_ONLY_ENVS:
+            continue  # no Gymnasium env to step (tests/test_doom.py checks Doom's frames on EnvPool)
         env_cfg = EnvConfig(env_id=env_id, max_episode_steps=50)
         env = make_frame_env(env_cfg)
         agent = RandomAgent(env.action_space)

@@ -28,7 +28,7 @@ import importlib.util
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -47,19 +47,43 @@ _ATARI_V5 = dict(img_height=210, img_width=160, stack_num=1, gray_scale=False, f
                  repeat_action_probability=0.25, noop_max=1, episodic_life=False, reward_clip=False,
                  use_fire_reset=False, full_action_space=False)
 
-# Gymnasium id -> (EnvPool task id, make() options, where the image comes from: "obs" or "render").
-ENVPOOL_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "CarRacing-v3": ("CarRacing-v3", {}, "obs"),
-    "LunarLander-v3": ("LunarLander-v3", {"render_mode": "rgb_array"}, "render"),
-    "ALE/Pong-v5": ("Pong-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
-    "ALE/Breakout-v5": ("Breakout-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
+class EnvPoolTask(NamedTuple):
+    """How one of our env ids is made on EnvPool."""
+
+    task: str  # EnvPool's task id
+    options: dict[str, Any]  # envpool.make options
+    image_source: str = "obs"  # where V's image comes from: "obs" (the observation) or "render"
+    channels_first: bool = False  # the observation is (3, H, W) (ViZDoom), not (H, W, 3)
+    reward_per_step: Optional[float] = None  # replaces EnvPool's reward when the task's score is time alive
+    one_env_pools: bool = False  # one pool per env, made one after another (`OneEnvPools`: ViZDoom)
+
+
+# The paper's DoomTakeCover (section 4): ViZDoom's take_cover scenario with one frame per step, episodes
+# capped at 2,100 frames, Discrete(3) actions (left, stay, right: `use_combined_action`) and 64x64 RGB
+# frames that EnvPool resizes itself. EnvPool's ViZDoom reward is 0 every step (its reward_config scores
+# kills and pickups, not the scenario's living reward), so the reward is set to 1 per frame: an episode's
+# return is the paper's score, the number of frames survived.
+DOOM_TAKE_COVER = EnvPoolTask("TakeCover-v1", dict(use_combined_action=True, frame_skip=1, stack_num=1, img_height=64,
+                                                   img_width=64), channels_first=True, reward_per_step=1.0,
+                              one_env_pools=True)
+
+# Our env id -> how EnvPool makes it. The Gymnasium ports play what Gymnasium's env of that id plays.
+ENVPOOL_TASKS: dict[str, EnvPoolTask] = {
+    "CarRacing-v3": EnvPoolTask("CarRacing-v3", {}),
+    "LunarLander-v3": EnvPoolTask("LunarLander-v3", {"render_mode": "rgb_array"}, "render"),
+    "ALE/Pong-v5": EnvPoolTask("Pong-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
+    "ALE/Breakout-v5": EnvPoolTask("Breakout-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
+    "DoomTakeCover-v0": DOOM_TAKE_COVER,
 }
 
+# Ids that exist on EnvPool only (Gymnasium has no ViZDoom env): every stage plays them on EnvPool.
+ENVPOOL_ONLY_ENVS = ("DoomTakeCover-v0",)
 
 # Where `auto` takes EnvPool: the ported envs it steps faster than Gymnasium on this machine
-# (benchmarks/backends.py, docs/RESULTS.md). Atari is ported but not faster: ALE is C++ on both, and
-# the frames V needs cost EnvPool a render copy per step. `--backend envpool` still plays it.
-AUTO_ENVPOOL_ENVS = ("CarRacing-v3", "LunarLander-v3")
+# (benchmarks/backends.py, docs/RESULTS.md), and the ones only EnvPool has. Atari is ported but not
+# faster: ALE is C++ on both, and the frames V needs cost EnvPool a render copy per step.
+# `--backend envpool` still plays it.
+AUTO_ENVPOOL_ENVS = ("CarRacing-v3", "LunarLander-v3", *ENVPOOL_ONLY_ENVS)
 
 
 def envpool_installed() -> bool:
@@ -80,13 +104,62 @@ def choose_backend(choice: str, serves: bool, auto_takes_it: bool, cannot_serve:
     return "envpool"
 
 
+def envpool_only_error(env_id: str) -> WorldModelsError:
+    """The one-line error for an EnvPool-only env where EnvPool is not installed or not asked for."""
+    how = f"install it with `{INSTALL_COMMAND}`" if not envpool_installed() else "use --backend envpool (or auto)"
+    return WorldModelsError(f"{env_id} exists only on EnvPool (ViZDoom's {ENVPOOL_TASKS[env_id].task}), "
+                            f"not on Gymnasium; {how}")
+
+
 def resolve_backend(env_cfg: EnvConfig) -> str:
     """`gymnasium` or `envpool`: what `env.backend` means for the World Models stages on this env and machine."""
+    if env_cfg.env_id in ENVPOOL_ONLY_ENVS and (env_cfg.backend == "gymnasium" or not envpool_installed()):
+        raise envpool_only_error(env_cfg.env_id)
     ported = env_cfg.env_id in ENVPOOL_TASKS and not env_cfg.env_kwargs
     extra = f" with env.env_kwargs={env_cfg.env_kwargs!r}" if env_cfg.env_kwargs else ""
     return choose_backend(env_cfg.backend, ported, env_cfg.env_id in AUTO_ENVPOOL_ENVS,
                           f"EnvPool has no port of {env_cfg.env_id}{extra}; it serves {', '.join(ENVPOOL_TASKS)}; "
                           "use --backend gymnasium")
+
+
+class OneEnvPools:
+    """N one-env EnvPool pools behind the calls `EnvPoolBatch` makes on one N-env pool.
+
+    EnvPool starts a pool's envs in parallel threads. ViZDoom's game processes do not always survive
+    that: a 4-env TakeCover pool made in stage 4 after its first dream generation hung for good in most
+    tries (3 of 4 game processes up, the 4th never started), while pools made one env at a time never
+    did. So each env gets its own pool, made in turn; a step sends every env's action before receiving
+    any result, so the game processes still run side by side.
+    """
+
+    def __init__(self, make_pool: Any, seeds: Sequence[int]):
+        self.pools: list[Any] = []
+        try:
+            for seed in seeds:
+                self.pools.append(make_pool([int(seed)]))
+        except BaseException:
+            self.close()
+            raise
+        self.action_space = self.pools[0].action_space
+
+    def reset(self) -> tuple[np.ndarray, dict[str, Any]]:
+        for pool in self.pools:
+            pool.async_reset()
+        observation = np.concatenate([pool.recv()[0] for pool in self.pools])
+        return observation, {"env_id": np.arange(len(self.pools))}
+
+    def step(self, actions: np.ndarray, env_id: np.ndarray) -> tuple[Any, ...]:
+        first = np.zeros(1, np.int32)
+        for row, env in enumerate(env_id):
+            self.pools[int(env)].send(actions[row : row + 1], first)
+        results = [self.pools[int(env)].recv() for env in env_id]
+        observation, rewards, terminated, truncated = (np.concatenate([r[k] for r in results]) for k in range(4))
+        return observation, rewards, terminated, truncated, {"env_id": np.asarray(env_id)}
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+        self.pools = []
 
 
 class EnvPoolBatch:
@@ -101,14 +174,19 @@ class EnvPoolBatch:
     def __init__(self, env_cfg: EnvConfig, seeds: Sequence[int], num_threads: int = 0):
         import envpool
 
-        task, options, self.image_source = ENVPOOL_TASKS[env_cfg.env_id]
+        self.task = ENVPOOL_TASKS[env_cfg.env_id]
+        task, options = self.task.task, self.task.options
         self.env_cfg = env_cfg
         self.num_envs = len(seeds)
+        def make_pool(pool_seeds: list[int]) -> Any:
+            return envpool.make_gymnasium(task, num_envs=len(pool_seeds), batch_size=len(pool_seeds),
+                                          num_threads=num_threads, env_seed=pool_seeds,
+                                          max_episode_steps=env_cfg.max_episode_steps, **options)
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EnvPool's notes on gym vs gymnasium spaces
-            self.pool = envpool.make_gymnasium(task, num_envs=self.num_envs, batch_size=self.num_envs,
-                                               num_threads=num_threads, env_seed=[int(seed) for seed in seeds],
-                                               max_episode_steps=env_cfg.max_episode_steps, **options)
+            seeds = [int(seed) for seed in seeds]
+            self.pool = OneEnvPools(make_pool, seeds) if self.task.one_env_pools else make_pool(seeds)
             self.action_space = gymnasium_space(self.pool.action_space)
         self.ended = np.zeros(self.num_envs, bool)
         # Rendering (LunarLander, Atari) and resizing run in the caller's thread, one frame after another,
@@ -127,10 +205,12 @@ class EnvPoolBatch:
         return np.concatenate(list(self.frame_threads.map(lambda rows: self._frames_of(observation, env_ids, rows), parts)))
 
     def _frames_of(self, observation: np.ndarray, env_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if self.image_source == "render":
+        if self.task.image_source == "render":
             images = self.pool.render(env_ids=env_ids[rows].tolist())
         else:
             images = np.asarray(observation)[rows]
+            if self.task.channels_first:
+                images = images.transpose(0, 2, 3, 1)
         c = self.env_cfg
         return preprocess_frames(np.asarray(images), c.frame_size, c.crop_top, c.crop_bottom)
 
@@ -148,10 +228,18 @@ class EnvPoolBatch:
                                                                         env_id=env_ids)
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         self.ended[env_ids] = terminated | truncated
-        return self._frames(observation, env_ids), np.asarray(rewards, np.float64), terminated, truncated
+        rewards = np.asarray(rewards, np.float64)
+        if self.task.reward_per_step is not None:
+            rewards = np.full(len(env_ids), self.task.reward_per_step)
+        return self._frames(observation, env_ids), rewards, terminated, truncated
 
     def close(self) -> None:
+        if self.pool is None:
+            return
         self.pool.close()
+        # ViZDoom's game processes end only when the pool object is freed, not on close(): drop it now, so
+        # no game outlives its batch (a stale one made a later batch's start-up hang, seen in stage 4).
+        self.pool = None
         if self.frame_threads is not None:
             self.frame_threads.shutdown()
 

@@ -1,0 +1,74 @@
+"""DoomTakeCover-v0, the paper's second experiment: EnvPool's ViZDoom TakeCover as the paper plays it
+(one frame per step, 2,100-frame cap, 64x64 RGB, three actions, a score of frames survived), the clear
+errors where it cannot run, and a whole smoke pipeline with C trained in the dream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("envpool")
+
+from config import get_config  # noqa: E402
+from evaluate import evaluate  # noqa: E402
+from tests.conftest import TINY_PIPELINE_OVERRIDES, isolate  # noqa: E402
+from train import run_pipeline  # noqa: E402
+from utils.envpool_envs import play_episodes, resolve_backend  # noqa: E402
+from utils.environment import RandomAgent, env_action_space, make_env  # noqa: E402
+from utils.errors import WorldModelsError  # noqa: E402
+
+DOOM = "DoomTakeCover-v0"
+
+
+def test_take_cover_is_the_papers_task_and_an_episode_is_a_function_of_its_seed():
+    env_cfg = get_config(DOOM).env
+    space = env_action_space(env_cfg)
+    assert space.n == 3 and env_cfg.max_episode_steps == 2100
+    seeds = [11, 12, 13]
+    batched = dict(play_episodes(env_cfg, [RandomAgent(space) for _ in seeds], seeds))
+    for index, episode in batched.items():
+        assert episode.obs.shape == (episode.length, 64, 64, 3) and episode.obs.dtype == np.uint8
+        assert episode.obs.std() > 5  # a picture of the room, not a blank
+        # The score is frames survived: 1 per step; a random agent dies (terminated) long before the cap.
+        assert np.all(episode.rewards == 1.0) and episode.total_reward == episode.length
+        assert episode.terminated[-1] and not episode.terminated[:-1].any() and episode.length < 2100
+    (_, alone), = play_episodes(env_cfg, [RandomAgent(space)], [seeds[1]])
+    assert alone.length == batched[1].length and np.array_equal(alone.obs, batched[1].obs)
+
+
+def test_doom_runs_only_on_envpool_and_says_how_to_get_it(monkeypatch):
+    assert resolve_backend(get_config(DOOM).env) == "envpool"
+    with pytest.raises(WorldModelsError, match=r"^DoomTakeCover-v0 exists only on EnvPool .*use --backend envpool"):
+        resolve_backend(get_config(DOOM, overrides=["env.backend=gymnasium"]).env)
+    with pytest.raises(WorldModelsError, match="exists only on EnvPool"):
+        make_env(DOOM)  # every Gymnasium path (PPO's envs, evaluate --backend gymnasium) ends here
+    import utils.envpool_envs as envpool_envs
+
+    monkeypatch.setattr(envpool_envs, "envpool_installed", lambda: False)
+    with pytest.raises(WorldModelsError, match=r"install it with `pip install envpool==1\.2\.5`"):
+        resolve_backend(get_config(DOOM).env)
+
+
+def test_the_doom_preset_is_the_papers_scale():
+    cfg = get_config(DOOM)
+    assert (cfg.vae.latent_size, cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures) == (64, 512, 5)
+    assert cfg.controller.inputs == "zch" and cfg.controller.mode == "dream"
+    assert cfg.controller.dream_max_steps == 2100
+
+
+def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tmp_path):
+    cfg = isolate(get_config(DOOM, preset="smoke", overrides=[
+        *TINY_PIPELINE_OVERRIDES, "collect.num_rollouts=4", "env.max_episode_steps=60", "controller.population_size=4",
+        "controller.generations=1", "controller.eval_episodes=1", "controller.video_every=0",
+        "controller.dream_max_steps=30"]), tmp_path)
+    outputs = run_pipeline(cfg)
+    assert set(outputs) == {"collect", "vae", "mdnrnn", "controller"}
+    result = evaluate(cfg, "world_models", episodes=2, workers=1, video=True)
+    summary = result["summaries"][0]
+    assert summary.backend == "envpool" and summary.episodes == 2 and "z (64) + c + h (32)" in summary.observes
+    # Each episode's return is its frames survived.
+    assert [row["return"] for row in result["rows"]] == [row["length"] for row in result["rows"]]
+    videos = sorted(path.name for path in (tmp_path / "videos" / "doomtakecover-v0").glob("*.mp4"))
+    assert videos and all(name.startswith("eval_world_models_") for name in videos)
+    dream = evaluate(cfg, "world_models", episodes=3, workers=1, dream=True)
+    assert dream["summaries"][0].backend == "dream" and max(row["length"] for row in dream["rows"]) <= 30

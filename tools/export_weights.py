@@ -1,0 +1,68 @@
+"""Copy an experiment's V, M and C into another folder, weights only: small enough to commit.
+
+    python tools/export_weights.py --from checkpoints/carracing-long --to pretrained/carracing-v3
+    python tools/export_weights.py --from checkpoints/x --to pretrained/x --stages vae mdnrnn
+
+For V and M it copies the weights a later stage serves (`<stage>_best.pt` when present, else `<stage>.pt`)
+as `<stage>.pt`, without the optimizer and gradient-scaler state that make a training checkpoint three
+times larger. The copy keeps its config, epoch count and metrics, so the stages and evaluate.py read it
+like the original, and treat the stage as finished. C is copied whole: its checkpoint is already small
+(the kept-best and mean parameters, CMA-ES's fitness history and the learning curve), and that history
+is what lets a run resume from the copy on another machine (`resume_controller` replays it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.files import atomic_path  # noqa: E402
+
+STAGES = ("vae", "mdnrnn", "controller")
+# Training state a finished stage never reads again (training/epochs.py's resume does).
+TRAINING_STATE = ("optimizer", "grad_scaler")
+
+
+def served_file(folder: Path, stage: str) -> Path:
+    """The file a later stage loads for `stage` from `folder` (models/loaders._served_path's rule)."""
+    best = folder / f"{stage}_best.pt"
+    return best if best.is_file() else folder / f"{stage}.pt"
+
+
+def export_stage(source: Path, target: Path, stage: str) -> tuple[Path, int]:
+    """Write `target/<stage>.pt` from `source`'s served checkpoint minus training state.
+    Returns the written path and its size in bytes."""
+    path = served_file(source, stage)
+    if not path.is_file():
+        raise SystemExit(f"error: no {stage} checkpoint in {source} (looked for {path.name})")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    weights = {key: value for key, value in checkpoint.items() if key not in TRAINING_STATE}
+    target.mkdir(parents=True, exist_ok=True)
+    written = target / f"{stage}.pt"
+    with atomic_path(written) as tmp_path:
+        torch.save(weights, tmp_path)
+    # A stale `_best` beside the copy would be served instead of it.
+    (target / f"{stage}_best.pt").unlink(missing_ok=True)
+    return written, written.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--from", dest="source", type=Path, required=True, help="an experiment's checkpoint folder")
+    parser.add_argument("--to", dest="target", type=Path, required=True, help="the folder to write")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    args = parser.parse_args(argv)
+    if args.source.resolve() == args.target.resolve():
+        parser.error("--from and --to are the same folder")
+    for stage in args.stages:
+        written, size = export_stage(args.source, args.target, stage)
+        print(f"{stage}: {written} ({size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
