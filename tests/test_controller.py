@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -271,3 +272,31 @@ def test_weight_decay_ranks_small_parameters_first_and_the_history_keeps_the_pla
     rebuilt = CMAES(10, sigma=0.5, population_size=12, seed=2, x0=np.full(10, 3.0), weight_decay=0.005)
     rebuilt.replay(np.stack(decayed.fitness_history))
     np.testing.assert_array_equal(rebuilt.mean, decayed.mean)
+
+
+@pytest.mark.slow
+def test_exported_weights_are_smaller_act_the_same_and_resume_the_run(lunar_models, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from export_weights import main as export_weights
+
+    source = _controller_config(lunar_models, 2)
+    copy = _controller_config(lunar_models, 3)
+    copy.experiment.checkpoint_dir = str(tmp_path / "pretrained")
+    export_weights(["--from", str(checkpoint_path(source, "vae").parent), "--to", str(checkpoint_path(copy, "vae").parent)])
+    for stage in ("vae", "mdnrnn"):
+        exported = checkpoint_path(copy, stage)
+        assert "optimizer" not in torch.load(exported, weights_only=True)
+        assert exported.stat().st_size < checkpoint_path(source, stage).stat().st_size / 2
+        assert not checkpoint_path(copy, f"{stage}_best").exists()
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    original, exported_agent = load_world_model_agent(source, "cpu"), load_world_model_agent(copy, "cpu")
+    for _ in range(3):  # V, M's state and C together, over a few steps
+        assert original.act(frame) == exported_agent.act(frame)
+    vae_written = checkpoint_path(copy, "vae").stat().st_mtime_ns
+    run_pipeline(copy, skip=frozenset({"collect"}))  # V and M count as finished; C goes on from generation 2
+    assert checkpoint_path(copy, "vae").stat().st_mtime_ns == vae_written
+    resumed = load_controller_checkpoint(copy)
+    assert resumed["generation"] == 3
+    torch.testing.assert_close(resumed["fitness_history"][:2], load_controller_checkpoint(source)["fitness_history"])

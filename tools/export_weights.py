@@ -4,7 +4,7 @@
     python tools/export_weights.py --from checkpoints/x --to pretrained/x --stages vae mdnrnn
 
 For V and M it copies the weights a later stage serves (`<stage>_best.pt` when present, else `<stage>.pt`)
-as `<stage>.pt`, without the optimizer and gradient-scaler state that make a training checkpoint three
+as `<stage>.pt`, with the last checkpoint's epoch count, without the optimizer and gradient-scaler state that make a training checkpoint three
 times larger. The copy keeps its config, epoch count and metrics, so the stages and evaluate.py read it
 like the original, and treat the stage as finished. C is copied whole: its checkpoint is already small
 (the kept-best and mean parameters, CMA-ES's fitness history and the learning curve), and that history
@@ -42,6 +42,12 @@ def export_stage(source: Path, target: Path, stage: str) -> tuple[Path, int]:
         raise SystemExit(f"error: no {stage} checkpoint in {source} (looked for {path.name})")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     weights = {key: value for key, value in checkpoint.items() if key not in TRAINING_STATE}
+    last = source / f"{stage}.pt"
+    if path != last and last.is_file():
+        # The best epoch's weights, but the stage's progress is its last epoch's: with the best epoch's
+        # count, a later run would take the stage for unfinished and train it on.
+        progress = torch.load(last, map_location="cpu", weights_only=True)
+        weights.update(epoch=progress["epoch"], global_step=progress["global_step"])
     target.mkdir(parents=True, exist_ok=True)
     written = target / f"{stage}.pt"
     with atomic_path(written) as tmp_path:

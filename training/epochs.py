@@ -82,8 +82,9 @@ class EpochLoop:
         optimizer and scaler state, epoch, global step, best validation loss. Returns False when its
         epochs already reach `epochs`: nothing is left to train."""
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scaler.load_state_dict(checkpoint["grad_scaler"])
+        if "optimizer" in checkpoint:  # absent from a weights-only export (tools/export_weights.py):
+            self.optimizer.load_state_dict(checkpoint["optimizer"])  # more epochs then start Adam afresh
+            self.scaler.load_state_dict(checkpoint["grad_scaler"])
         self.start_epoch, self.global_step = checkpoint["epoch"], checkpoint["global_step"]
         self.best_val_loss = checkpoint["best_val_loss"]
         if self.start_epoch >= self.epochs:
