@@ -4,6 +4,8 @@ errors where it cannot run, and a whole smoke pipeline with C trained in the dre
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,8 +18,10 @@ from train import run_pipeline  # noqa: E402
 from utils.envpool_envs import play_episodes, resolve_backend  # noqa: E402
 from utils.environment import RandomAgent, env_action_space, make_env  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
+from utils.files import load_checkpoint  # noqa: E402
 
 DOOM = "DoomTakeCover-v0"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_take_cover_is_the_papers_task_and_an_episode_is_a_function_of_its_seed():
@@ -72,3 +76,18 @@ def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tm
     assert videos and all(name.startswith("eval_world_models_") for name in videos)
     dream = evaluate(cfg, "world_models", episodes=3, workers=1, dream=True)
     assert dream["summaries"][0].backend == "dream" and max(row["length"] for row in dream["rows"]) <= 30
+    # The paper's Table 2 at smoke scale: a C per tau, trained in the same M, scored in the dream and the game.
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from temperature_table import markdown_table, temperature_rows
+
+    rows = temperature_rows(cfg, [0.5, 1.3], episodes=2)
+    assert [row["temperature"] for row in rows] == [0.5, 1.3, None]
+    for tau in (0.5, 1.3):
+        folder = tmp_path / "checkpoints" / "doomtakecover-v0" / f"tau{tau:g}"
+        trained = load_checkpoint(folder / "controller.pt", "controller", DOOM)
+        assert trained["config"]["controller"]["temperature"] == tau
+        assert (folder / "vae.pt").stat().st_ino == (tmp_path / "checkpoints" / "doomtakecover-v0" / "vae.pt").stat().st_ino
+    table = markdown_table(rows, 2).splitlines()
+    assert table[2].startswith("| 0.5 | ") and table[-1].startswith("| random policy | - | ")
