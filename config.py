@@ -40,7 +40,7 @@ SUPPORTED_ENVS = ("ALE/Pong-v5", "ALE/Breakout-v5", "LunarLander-v3", "CarRacing
 # The valid values of the enumerated fields. Each list lives here once; the code that branches on a
 # field imports its list from here.
 RANDOM_POLICIES = ("uniform", "repeat", "random_walk")
-COLLECT_POLICIES = (*RANDOM_POLICIES, "controller")
+COLLECT_POLICIES = (*RANDOM_POLICIES, "random_controller", "controller")
 RECON_LOSSES = ("bce", "mse")
 CONTROLLER_INPUTS = ("zh", "z", "zch")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation),
 # zch = [z_t, c_t, h_t]: the LSTM's cell state too (the paper's Doom controller)
@@ -74,7 +74,8 @@ class CollectConfig:
 
     num_rollouts: int = 1000
     workers: int = 0  # 0 = one worker process per CPU core
-    # uniform | repeat | random_walk (smoother exploration, paper section 3) | controller (the trained agent
+    # uniform | repeat | random_walk (smoother exploration, paper section 3) | random_controller (a random C
+    # per episode behind an untrained V and M: the paper's CarRacing data) | controller (the trained agent
     # of `controller_experiment`, with `exploration` noise: the paper's iterative procedure)
     policy: str = "uniform"
     repeat_min: int = 1  # `repeat`: each sampled action is held for U[repeat_min, repeat_max] steps
@@ -362,7 +363,8 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 
 # What `--preset paper` sets for one environment only: what the paper's code did for that game.
 PAPER_ENVIRONMENT_OVERRIDES: dict[str, dict[str, Any]] = {
-    "CarRacing-v3": {"controller.action_mapping": "carracing_paper", "controller.sample_z": True},
+    "CarRacing-v3": {"controller.action_mapping": "carracing_paper", "controller.sample_z": True,
+                     "collect.policy": "random_controller"},
 }
 
 

@@ -108,3 +108,34 @@ def test_collect_random_rollouts_is_the_seed_readme_entry_point(tmp_path):
     assert list((tmp_path / "videos").glob("*/collect_ep_000000.mp4"))
     with pytest.raises(WorldModelsError, match="unknown option 'worker'; valid: .*workers"):
         collect_random_rollouts("CartPole-v1", num_rollouts=1, worker=2)
+
+
+def test_random_controller_data_is_the_papers_carracing_policy_and_a_function_of_the_seed(tmp_path):
+    from config import get_config
+    from tests.conftest import isolate
+    from utils.environment import env_action_space
+    from utils.errors import WorldModelsError
+
+    assert get_config("CarRacing-v3", preset="paper").collect.policy == "random_controller"
+    cfg = isolate(get_config("CarRacing-v3", preset="smoke", overrides=[
+        "collect.policy=random_controller", "controller.action_mapping=carracing_paper", "collect.num_rollouts=2",
+        "env.max_episode_steps=30", "collect.workers=1"]), tmp_path)
+    space = env_action_space(cfg.env)
+    frames = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+
+    def actions(seed: int) -> np.ndarray:
+        agent = make_collect_agent(cfg, space)
+        agent.reset(seed)
+        return np.array([agent.act(frame) for frame in frames])
+
+    first = actions(3)
+    np.testing.assert_array_equal(first, actions(3))  # the episode's seed draws C
+    assert not np.array_equal(first, actions(4))
+    # Weights of at most ~0.01: steering near 0, gas near 0.5, never a hard brake.
+    assert np.abs(first[:, 0]).max() < 0.3 and np.abs(first[:, 1] - 0.5).max() < 0.15 and first[:, 2].max() < 0.3
+    folder = collect(cfg)
+    assert [load_episode_metadata(path)["policy"] for path in list_episodes(folder)] == ["random_controller"] * 2
+    # The shared random-policy folder never mixes policies.
+    cfg.collect.policy, cfg.collect.num_rollouts = "random_walk", 3
+    with pytest.raises(WorldModelsError, match="holds episodes of collect.policy=random_controller"):
+        collect(cfg)

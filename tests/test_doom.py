@@ -60,11 +60,13 @@ def test_the_doom_preset_is_the_papers_scale():
     assert cfg.controller.dream_max_steps == 2100
 
 
+TINY_OVERRIDES = [*TINY_PIPELINE_OVERRIDES, "collect.num_rollouts=4", "env.max_episode_steps=60",
+                  "controller.population_size=4", "controller.generations=1", "controller.eval_episodes=1",
+                  "controller.video_every=0", "controller.dream_max_steps=30"]
+
+
 def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tmp_path):
-    cfg = isolate(get_config(DOOM, preset="smoke", overrides=[
-        *TINY_PIPELINE_OVERRIDES, "collect.num_rollouts=4", "env.max_episode_steps=60", "controller.population_size=4",
-        "controller.generations=1", "controller.eval_episodes=1", "controller.video_every=0",
-        "controller.dream_max_steps=30"]), tmp_path)
+    cfg = isolate(get_config(DOOM, preset="smoke", overrides=TINY_OVERRIDES), tmp_path)
     outputs = run_pipeline(cfg)
     assert set(outputs) == {"collect", "vae", "mdnrnn", "controller"}
     result = evaluate(cfg, "world_models", episodes=2, workers=1, video=True)
@@ -82,7 +84,10 @@ def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tm
     sys.path.insert(0, str(ROOT / "tools"))
     from temperature_table import markdown_table, temperature_rows
 
-    rows = temperature_rows(cfg, [0.5, 1.3], episodes=2)
+    folders = {"data": "data", "checkpoint": "checkpoints", "log": "logs", "video": "videos", "results": "results"}
+    flags = [*TINY_OVERRIDES, *(f"experiment.{kind}_dir={tmp_path / name}" for kind, name in folders.items())]
+    common = ["--env", DOOM, "--preset", "smoke", *(item for flag in flags for item in ("--set", flag))]
+    rows = temperature_rows(cfg, common, [0.5, 1.3], episodes=2)
     assert [row["temperature"] for row in rows] == [0.5, 1.3, None]
     for tau in (0.5, 1.3):
         folder = tmp_path / "checkpoints" / "doomtakecover-v0" / f"tau{tau:g}"

@@ -1,13 +1,14 @@
 """Our CMA-ES learning curve over the original World Models CarRacing run, at equal real episodes.
 
-    python tools/plot_curve.py checkpoints/carracing-v3/controller_curve.csv --out docs/carracing_curve.png
+    python tools/plot_curve.py pretrained/carracing-v3/controller_curve.csv --out docs/carracing_curve.png
     python tools/plot_curve.py a/controller_curve.csv b/controller_curve.csv --labels "16x1" "16x4"
 
 Reads stage 4's `controller_curve.csv` (training/learning_curve.py) and the original run's published
 logs (`docs/reference/carracing_paper_*.csv`, from hardmaru/WorldModelsExperiments). Draws, against
 real episodes used in training (log scale: the original spent 1,024 a generation), the population's
 mean fitness and the CMA-ES mean's re-evaluation score of each run, and prints both at the milestones
-5k / 10k / 25.6k / 51.2k episodes (the last value at or before each; "-" where a run had not got there).
+1,024 / 2,048 / 5k / 10k / 25.6k / 51.2k episodes (the last value at or before each; "-" where a run had
+not got there).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "reference"
-MILESTONES = (5_000, 10_000, 25_600, 51_200)
+MILESTONES = (1_024, 2_048, 5_000, 10_000, 25_600, 51_200)  # the original: generations 1, 2, ~5, ~10, 25, 50
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:

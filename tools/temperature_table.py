@@ -21,14 +21,15 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from config import Config  # noqa: E402
-from evaluate import evaluate  # noqa: E402
 from training.train_controller import train_controller  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
@@ -62,20 +63,37 @@ def share_models(cfg: Config, step: Config) -> None:
                 shutil.copy2(source / name, target / name)
 
 
-def temperature_rows(cfg: Config, temperatures: list[float], episodes: int) -> list[dict[str, Any]]:
-    """Train (or reuse) a dream C per tau and score it; one row per tau, then random's."""
+def evaluate_summary(common: list[str], experiment: str, method: str, episodes: int, dream: bool,
+                     results: Path) -> dict[str, Any]:
+    """Run `evaluate.py` (a script: tools call scripts, they do not import them) with the table's common
+    flags, and return the summary it wrote to `results` (the experiment's results folder)."""
+    command = [sys.executable, str(ROOT / "evaluate.py"), *common, "--experiment", experiment, "--method", method,
+               "--episodes", str(episodes), *(["--dream"] if dream else [])]
+    before = {path: path.stat().st_mtime_ns for path in results.glob("eval_*.json")} if results.is_dir() else {}
+    subprocess.run(command, check=True, cwd=ROOT)
+    written = [path for path in results.glob(f"eval_{method}*.json") if before.get(path) != path.stat().st_mtime_ns]
+    if len(written) != 1:
+        raise WorldModelsError(f"expected one new results file from {' '.join(command)} in {results}, got {written}")
+    return json.loads(written[0].read_text())["summaries"][0]
+
+
+def temperature_rows(cfg: Config, common: list[str], temperatures: list[float], episodes: int) -> list[dict[str, Any]]:
+    """Train (or reuse) a dream C per tau and score it; one row per tau, then random's. `common` are the
+    command-line flags (env, preset, seed, --set ...) that give `cfg`, for the evaluate.py runs."""
     rows = []
     for temperature in temperatures:
         step = temperature_config(cfg, temperature)
         share_models(cfg, step)
         train_controller(step)
-        dream = evaluate(step, "world_models", episodes, workers=0, dream=True)["summaries"][0]
-        real = evaluate(step, "world_models", episodes, workers=0)["summaries"][0]
-        rows.append({"temperature": temperature, "dream_mean": dream.mean, "dream_std": dream.std,
-                     "real_mean": real.mean, "real_std": real.std, "real_ci95": [real.ci95_low, real.ci95_high]})
-    random = evaluate(cfg, "random", episodes, workers=0)["summaries"][0]
-    rows.append({"temperature": None, "dream_mean": None, "dream_std": None, "real_mean": random.mean,
-                 "real_std": random.std, "real_ci95": [random.ci95_low, random.ci95_high]})
+        results = experiment_dir(step, "results")
+        dream = evaluate_summary(common, step.experiment_name, "world_models", episodes, True, results)
+        real = evaluate_summary(common, step.experiment_name, "world_models", episodes, False, results)
+        rows.append({"temperature": temperature, "dream_mean": dream["mean"], "dream_std": dream["std"],
+                     "real_mean": real["mean"], "real_std": real["std"],
+                     "real_ci95": [real["ci95_low"], real["ci95_high"]]})
+    random = evaluate_summary(common, cfg.experiment_name, "random", episodes, False, experiment_dir(cfg, "results"))
+    rows.append({"temperature": None, "dream_mean": None, "dream_std": None, "real_mean": random["mean"],
+                 "real_std": random["std"], "real_ci95": [random["ci95_low"], random["ci95_high"]]})
     return rows
 
 
@@ -98,7 +116,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if any(t <= 0 for t in args.temperatures):
         raise WorldModelsError(f"--temperatures must be > 0, got {args.temperatures}")
     cfg = config_from_args(args)
-    rows = temperature_rows(cfg, args.temperatures, args.episodes)
+    common = ["--env", cfg.env.env_id, "--preset", args.preset, "--seed", str(cfg.experiment.seed),
+              "--backend", cfg.env.backend, *(item for override in args.overrides for item in ("--set", override))]
+    rows = temperature_rows(cfg, common, args.temperatures, args.episodes)
     table = markdown_table(rows, args.episodes)
     print(table)
     folder = experiment_dir(cfg, "results")

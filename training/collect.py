@@ -5,8 +5,9 @@
         --set collect.controller_experiment=wm-lunar --set collect.exploration=0.1   # a trained agent plays
 
 The loop itself (workers, seeds, resume, atomic files) is `utils.environment.collect_episodes`, which the
-seed README's `collect_random_rollouts` also runs; this stage adds the policy of the paper's iterative
-procedure: a trained World Models agent with exploration noise.
+seed README's `collect_random_rollouts` also runs; this stage adds the policies that need V, M and C:
+the paper's iterative procedure (`controller`: a trained agent with exploration noise) and the paper's
+CarRacing data (`random_controller`: a randomly initialised C per episode behind an untrained V and M).
 """
 
 from __future__ import annotations
@@ -14,22 +15,74 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from config import Config
-from models.loaders import load_world_model_agent
+from models.agent import WorldModelAgent, WorldModelPolicy
+from models.controller import num_parameters
+from models.loaders import load_world_model_agent, make_controller
+from models.mdnrnn import MDNRNN
+from models.vae import ConvVAE
+from utils.actions import action_size
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import Agent, collect_episodes, make_random_agent
 from utils.errors import WorldModelsError
 
 
+# One untrained V + M per process and config, shared by every random-controller episode.
+_UNTRAINED_POLICIES: dict[tuple, WorldModelPolicy] = {}
+
+
+class RandomControllerAgent:
+    """`collect.policy=random_controller`, the paper code's CarRacing data-collection policy: every episode
+    a fresh C with parameters ~ N(0, s^2), s ~ U(0, 0.01) (its `init_random_model_params(stdev=
+    np.random.rand() * 0.01)`), drawn from the episode's seed, on the z and h of a V and an M that are not
+    trained yet (the experiment seed's random networks), as they were when its data was collected. Such
+    small weights keep C's outputs near 0: on CarRacing with the paper's mapping the car drives ahead at
+    half gas without braking, steering a little with what it sees, unlike uniform or random-walk noise."""
+
+    def __init__(self, policy: WorldModelPolicy):
+        self.policy = policy
+        self.agent: Optional[WorldModelAgent] = None
+
+    def reset(self, seed: Optional[int] = None) -> None:
+        rng = np.random.default_rng(seed)
+        params = rng.normal(0.0, rng.uniform(0.0, 0.01), num_parameters(self.policy.layer_shapes))
+        self.agent = WorldModelAgent(self.policy, params.astype(np.float32))
+        self.agent.reset(seed)
+
+    def act(self, frame: np.ndarray) -> Any:
+        return self.agent.act(frame)
+
+
+def untrained_policy(cfg: Config, action_space: gym.Space) -> WorldModelPolicy:
+    """V and M as `cfg` shapes them, with the random weights of `experiment.seed`, and C's layer shapes."""
+    key = (cfg.experiment.seed, cfg.vae.latent_size, cfg.vae.batch_norm, cfg.mdnrnn.hidden_size,
+           cfg.mdnrnn.num_mixtures, cfg.controller.inputs, cfg.controller.hidden_sizes, cfg.controller.action_mapping,
+           str(action_space))
+    if key not in _UNTRAINED_POLICIES:
+        with torch.random.fork_rng():  # the experiment's random networks, leaving the global stream alone
+            torch.manual_seed(cfg.experiment.seed)
+            vae = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
+            mdnrnn = MDNRNN(cfg.vae.latent_size, action_size(action_space), cfg.mdnrnn.hidden_size,
+                            cfg.mdnrnn.num_mixtures)
+        _UNTRAINED_POLICIES[key] = WorldModelPolicy(
+            vae, mdnrnn, make_controller(cfg, action_space).layer_shapes, action_space, cfg.controller.inputs,
+            seed=cfg.experiment.seed, action_mapping=cfg.controller.action_mapping)
+    return _UNTRAINED_POLICIES[key]
+
+
 def make_collect_agent(cfg: Config, action_space: gym.Space) -> Agent:
-    """A random policy, or with `collect.policy=controller` the trained agent of `collect.controller_experiment`
-    with exploration noise (its V, M and C on the CPU: workers run one episode each)."""
+    """A random policy; with `collect.policy=random_controller` a random C behind an untrained V and M;
+    with `collect.policy=controller` the trained agent of `collect.controller_experiment` with exploration
+    noise (its V, M and C on the CPU: workers run one episode each)."""
     c = cfg.collect
+    if c.policy == "random_controller":
+        return RandomControllerAgent(untrained_policy(cfg, action_space))
     if c.policy != "controller":
         return make_random_agent(cfg, action_space)
     if not c.controller_experiment:

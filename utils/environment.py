@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
 from utils.actions import action_size, action_to_vector
-from utils.data import Episode, episode_path, list_episodes, load_episode, rollout_dir, save_episode
+from utils.data import Episode, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, envpool_only_error, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import ensure_writable_dir, experiment_dir, make_writer
@@ -287,7 +287,12 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     folder = ensure_writable_dir(rollout_dir(cfg))
     for stale in folder.glob(".ep_*.tmp.npz"):  # left by a worker killed mid-write
         stale.unlink()
-    existing = {int(p.stem.split("_")[1]) for p in list_episodes(folder)}
+    on_disk = list_episodes(folder)
+    existing = {int(p.stem.split("_")[1]) for p in on_disk}
+    if on_disk and (found := load_episode_metadata(on_disk[0])["policy"]) != cfg.collect.policy:
+        # Random-policy data is shared by every experiment on the env: never mix, or silently reuse, another policy's.
+        raise WorldModelsError(f"{folder} holds episodes of collect.policy={found}, but this run collects "
+                               f"collect.policy={cfg.collect.policy}; use another experiment.data_dir, or move them away")
     pending = [i for i in range(cfg.collect.num_rollouts) if i not in existing]
     if backend == "envpool":
         where = f"EnvPool, {min(ENVPOOL_COLLECT_BATCH, max(1, len(pending)))} envs at a time"
