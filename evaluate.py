@@ -187,8 +187,9 @@ def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = Fa
 
 def record_envpool_episode(agent: Any, env_cfg: EnvConfig, seed: int) -> np.ndarray:
     """Replay the EnvPool episode of `seed` (the one evaluated: EnvPool's episode is a function of its
-    seed and the agent) and return V's frames of it, upscaled 4x: (T, 256, 256, 3) uint8."""
-    _, episode = next(play_episodes(env_cfg, [agent], [int(seed)]))
+    seed and the agent, unless the agent samples z or actions, whose draws depend on the batch) and
+    return V's frames of it, upscaled 4x: (T, 256, 256, 3) uint8."""
+    (_, episode), = play_episodes(env_cfg, [agent], [int(seed)])  # runs the generator out: its pool closes
     return upscale(episode.obs, 4)
 
 

@@ -5,7 +5,8 @@ episode with its own controller parameters — which is what CMA-ES population e
 `WorldModelAgent` is the same policy for one episode behind the evaluation protocol
 (`reset()` / `act(frame)`), so training and evaluation share one code path.
 
-Per step t (paper, section 3): z_t = mu_V(frame_t) (or a draw from V's posterior, `sample_z`); a_t = C([z_t, h_t]); h_{t+1} = M(z_t, a_t, h_t).
+Per step t (paper, section 3): z_t = mu_V(frame_t) (or a draw from V's posterior, `sample_z`);
+a_t = C([z_t, h_t]) (or C(z_t), or C([z_t, c_t, h_t]): `controller.inputs`); h_{t+1} = M(z_t, a_t, h_t).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class PolicyStep(NamedTuple):
 
 
 class WorldModelPolicy:
-    """Batched V -> C -> M. `inputs="zh"` feeds C [z_t, h_t]; `"z"` feeds z_t only (the ablation).
+    """Batched V -> C -> M. `inputs="zh"` feeds C [z_t, h_t]; `"z"` feeds z_t only (the ablation); `"zch"`
+    feeds [z_t, c_t, h_t] (the paper's Doom C).
 
     `exploration` > 0 perturbs C's actions (`explore_actions`) before they reach the env and M, so M's
     state follows the action actually taken; stage 1 uses it to collect data with a trained C.

@@ -1,6 +1,7 @@
 """The controller C and the CMA-ES that trains it.
 
-C maps [z_t, h_t] (or z_t alone, the paper's ablation) to an action: a linear layer in the paper
+C maps [z_t, h_t] (or z_t alone, the paper's ablation, or [z_t, c_t, h_t] with M's cell state too, the
+paper's Doom controller) to an action: a linear layer in the paper
 (`hidden_sizes=()`), optionally a small tanh MLP. CMA-ES sees only a flat parameter vector, so C is
 defined by its layer shapes, and `population_forward` evaluates many parameter vectors at once: row e of
 the input uses row e of the parameters, so a whole population x rollouts runs as batched matmuls.

@@ -129,10 +129,13 @@ def test_random_controller_data_is_the_papers_carracing_policy_and_a_function_of
         return np.array([agent.act(frame) for frame in frames])
 
     first = actions(3)
-    np.testing.assert_array_equal(first, actions(3))  # the episode's seed draws C
+    np.testing.assert_array_equal(first, actions(3))  # the episode's seed draws V, M and C
     assert not np.array_equal(first, actions(4))
-    # Weights of at most ~0.01: steering near 0, gas near 0.5, never a hard brake.
-    assert np.abs(first[:, 0]).max() < 0.3 and np.abs(first[:, 1] - 0.5).max() < 0.15 and first[:, 2].max() < 0.3
+    # Cauchy weights times a scale under 0.01: most episodes' actions stay near C's zero output (steer 0,
+    # gas 0.5, brake 0); a few heavy-tailed weights push others away.
+    typical = np.median(np.stack([actions(seed) for seed in range(20)]), axis=(0, 1))
+    np.testing.assert_allclose(typical, [0.0, 0.5, 0.0], atol=0.05)
+    assert all(space.contains(action.astype(np.float32)) for action in first)
     folder = collect(cfg)
     assert [load_episode_metadata(path)["policy"] for path in list_episodes(folder)] == ["random_controller"] * 2
     # The shared random-policy folder never mixes policies.

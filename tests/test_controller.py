@@ -142,6 +142,20 @@ def test_batched_population_evaluation_equals_one_candidate_at_a_time(smoke_conf
     assert len(set(np.round(batched, 3))) > 1, "different candidates/seeds should play differently"
 
 
+def test_a_sampling_policy_scores_the_same_seeds_the_same_way_every_call(smoke_config):
+    # sample_z draws noise from the policy's generator: run_episodes re-seeds it from the call's episode
+    # seeds, so a generation replayed after a resume scores what it scored the first time.
+    cfg = smoke_config("LunarLander-v3", ["env.max_episode_steps=40"])
+    policy, num_params = _random_policy(cfg, make_frame_env(cfg.env).action_space)
+    policy.sample_z = True
+    params = np.random.default_rng(0).normal(0, 0.5, (4, num_params)).astype(np.float32)
+    with EnvWorkerPool(cfg.env, num_envs=4, workers=1) as pool:
+        first, _, _ = run_episodes(policy, pool, params, np.array([11, 12, 13, 14]))
+        run_episodes(policy, pool, params, np.array([21, 22, 23, 24]))  # another generation in between
+        again, _, _ = run_episodes(policy, pool, params, np.array([11, 12, 13, 14]))
+    np.testing.assert_array_equal(first, again)
+
+
 @pytest.fixture
 def lunar_models(trained_lunar):
     return trained_lunar

@@ -21,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.train_utils import run_cli  # noqa: E402
+from utils.errors import WorldModelsError  # noqa: E402
 from utils.files import atomic_path  # noqa: E402
 
 STAGES = ("vae", "mdnrnn", "controller")
@@ -39,7 +41,7 @@ def export_stage(source: Path, target: Path, stage: str) -> tuple[Path, int]:
     Returns the written path and its size in bytes."""
     path = served_file(source, stage)
     if not path.is_file():
-        raise SystemExit(f"error: no {stage} checkpoint in {source} (looked for {path.name})")
+        raise WorldModelsError(f"no {stage} checkpoint in {source} (looked for {path.name})")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     weights = {key: value for key, value in checkpoint.items() if key not in TRAINING_STATE}
     last = source / f"{stage}.pt"
@@ -71,4 +73,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -56,11 +56,16 @@ def share_models(cfg: Config, step: Config) -> None:
                                f"python train.py --env {cfg.env.env_id} --experiment {cfg.experiment_name}")
     target.mkdir(parents=True, exist_ok=True)
     for name in SHARED_FILES:
-        if (source / name).is_file() and not (target / name).exists():
-            try:
-                os.link(source / name, target / name)
-            except OSError:
-                shutil.copy2(source / name, target / name)
+        if not (source / name).is_file():
+            continue
+        if (target / name).exists():
+            if os.path.samefile(source / name, target / name):
+                continue
+            (target / name).unlink()  # V or M was retrained since: every C must dream in the current M
+        try:
+            os.link(source / name, target / name)
+        except OSError:
+            shutil.copy2(source / name, target / name)
 
 
 def evaluate_summary(common: list[str], experiment: str, method: str, episodes: int, dream: bool,
@@ -70,7 +75,9 @@ def evaluate_summary(common: list[str], experiment: str, method: str, episodes: 
     command = [sys.executable, str(ROOT / "evaluate.py"), *common, "--experiment", experiment, "--method", method,
                "--episodes", str(episodes), *(["--dream"] if dream else [])]
     before = {path: path.stat().st_mtime_ns for path in results.glob("eval_*.json")} if results.is_dir() else {}
-    subprocess.run(command, check=True, cwd=ROOT)
+    # In the caller's folder, as this process: relative data and checkpoint folders mean the same to both.
+    if subprocess.run(command).returncode != 0:
+        raise WorldModelsError(f"evaluation failed (its error is above): {' '.join(command)}")
     written = [path for path in results.glob(f"eval_{method}*.json") if before.get(path) != path.stat().st_mtime_ns]
     if len(written) != 1:
         raise WorldModelsError(f"expected one new results file from {' '.join(command)} in {results}, got {written}")

@@ -33,47 +33,37 @@ from utils.environment import Agent, collect_episodes, make_random_agent
 from utils.errors import WorldModelsError
 
 
-# One untrained V + M per process and config, shared by every random-controller episode.
-_UNTRAINED_POLICIES: dict[tuple, WorldModelPolicy] = {}
-
-
 class RandomControllerAgent:
-    """`collect.policy=random_controller`, the paper code's CarRacing data-collection policy: every episode
-    a fresh C with parameters ~ N(0, s^2), s ~ U(0, 0.01) (its `init_random_model_params(stdev=
-    np.random.rand() * 0.01)`), drawn from the episode's seed, on the z and h of a V and an M that are not
-    trained yet (the experiment seed's random networks), as they were when its data was collected. Such
-    small weights keep C's outputs near 0: on CarRacing with the paper's mapping the car drives ahead at
-    half gas without braking, steering a little with what it sees, unlike uniform or random-walk noise."""
+    """`collect.policy=random_controller`, the paper code's CarRacing data-collection policy. Every episode
+    gets its own untrained V and M and a C whose parameters are standard Cauchy draws times a scale
+    s ~ U(0, 0.01) (its `init_random_model_params(stdev=np.random.rand() * 0.01)`, which re-draws V's and
+    M's weights too), all from the episode's seed. With such small scales most weights are tiny and C's
+    outputs stay near 0 (CarRacing, paper mapping: ahead at half gas, no brake), but the Cauchy tails
+    give a few large weights, so some episodes steer, brake or spin hard: a mix unlike uniform or
+    random-walk noise."""
 
-    def __init__(self, policy: WorldModelPolicy):
-        self.policy = policy
+    def __init__(self, cfg: Config, action_space: gym.Space):
+        self.cfg, self.action_space = cfg, action_space
+        self.layer_shapes = make_controller(cfg, action_space).layer_shapes
         self.agent: Optional[WorldModelAgent] = None
 
     def reset(self, seed: Optional[int] = None) -> None:
+        cfg, space = self.cfg, self.action_space
+        seed = cfg.experiment.seed if seed is None else int(seed)
+        with torch.random.fork_rng():  # this episode's random V and M, leaving the global stream alone
+            torch.manual_seed(seed)
+            vae = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
+            mdnrnn = MDNRNN(cfg.vae.latent_size, action_size(space), cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
+        policy = WorldModelPolicy(vae, mdnrnn, self.layer_shapes, space, cfg.controller.inputs, seed=seed,
+                                  action_mapping=cfg.controller.action_mapping, sample_z=cfg.controller.sample_z)
         rng = np.random.default_rng(seed)
-        params = rng.normal(0.0, rng.uniform(0.0, 0.01), num_parameters(self.policy.layer_shapes))
-        self.agent = WorldModelAgent(self.policy, params.astype(np.float32))
+        scale = rng.uniform(0.0, 0.01)
+        params = rng.standard_cauchy(num_parameters(self.layer_shapes)) * scale
+        self.agent = WorldModelAgent(policy, params.astype(np.float32))
         self.agent.reset(seed)
 
     def act(self, frame: np.ndarray) -> Any:
         return self.agent.act(frame)
-
-
-def untrained_policy(cfg: Config, action_space: gym.Space) -> WorldModelPolicy:
-    """V and M as `cfg` shapes them, with the random weights of `experiment.seed`, and C's layer shapes."""
-    key = (cfg.experiment.seed, cfg.vae.latent_size, cfg.vae.batch_norm, cfg.mdnrnn.hidden_size,
-           cfg.mdnrnn.num_mixtures, cfg.controller.inputs, cfg.controller.hidden_sizes, cfg.controller.action_mapping,
-           str(action_space))
-    if key not in _UNTRAINED_POLICIES:
-        with torch.random.fork_rng():  # the experiment's random networks, leaving the global stream alone
-            torch.manual_seed(cfg.experiment.seed)
-            vae = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
-            mdnrnn = MDNRNN(cfg.vae.latent_size, action_size(action_space), cfg.mdnrnn.hidden_size,
-                            cfg.mdnrnn.num_mixtures)
-        _UNTRAINED_POLICIES[key] = WorldModelPolicy(
-            vae, mdnrnn, make_controller(cfg, action_space).layer_shapes, action_space, cfg.controller.inputs,
-            seed=cfg.experiment.seed, action_mapping=cfg.controller.action_mapping)
-    return _UNTRAINED_POLICIES[key]
 
 
 def make_collect_agent(cfg: Config, action_space: gym.Space) -> Agent:
@@ -82,7 +72,7 @@ def make_collect_agent(cfg: Config, action_space: gym.Space) -> Agent:
     noise (its V, M and C on the CPU: workers run one episode each)."""
     c = cfg.collect
     if c.policy == "random_controller":
-        return RandomControllerAgent(untrained_policy(cfg, action_space))
+        return RandomControllerAgent(cfg, action_space)
     if c.policy != "controller":
         return make_random_agent(cfg, action_space)
     if not c.controller_experiment:

@@ -26,9 +26,14 @@ def run_episodes(policy: WorldModelPolicy, pool: EnvWorkerPool | EnvPoolSlots, p
 
     The episodes are grouped by the env worker they live in, and the groups are pipelined: while one
     worker steps its envs, V, M and C run (batched) for another group, so neither the model nor the
-    envs wait for the other. Every episode's computation is its own, so grouping changes no result.
+    envs wait for the other. Every episode's computation is its own, so grouping changes no result,
+    with one exception: the random draws of `sample_z` and `sample_actions` come from one generator for
+    the batch. It is re-seeded here from the call's episode seeds, so a call is still a pure function of
+    its seeds and parameters (a resumed CMA-ES run draws what an uninterrupted one drew), but an episode's
+    draws depend on the batch it is played in.
     """
     total = len(seeds)
+    policy.generator.manual_seed(int(np.random.SeedSequence([int(seed) for seed in seeds]).generate_state(1)[0]))
     returns, lengths = np.zeros(total), np.zeros(total, np.int64)
     recorded: list[np.ndarray] = []
     params_tensor = torch.as_tensor(params, dtype=torch.float32, device=policy.device)

@@ -112,7 +112,7 @@ def is_image_env(env_id: str) -> bool:
     """Whether the env's own observation is an RGB image (Atari, CarRacing) rather than a state vector."""
     if is_atari(env_id):
         return True
-    probe = gym.make(env_id)
+    probe = make_env(env_id)  # an EnvPool-only id stops here with one line
     image = has_image_observation(probe.observation_space)
     probe.close()
     return image

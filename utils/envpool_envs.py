@@ -1,4 +1,5 @@
-"""EnvPool, the fast env backend: C++ ports of the Gymnasium envs, stepped by a thread pool.
+"""EnvPool, the fast env backend: C++ ports of the Gymnasium envs, stepped by a thread pool, and the
+home of the one env Gymnasium lacks, the paper's DoomTakeCover (ViZDoom: `DOOM_TAKE_COVER`, `OneEnvPools`).
 
 `env.backend` picks who steps an environment: `gymnasium` (the reference, on which published numbers
 are measured), `envpool`, or `auto` (EnvPool where it is installed, ports the env and is the faster of
