@@ -57,6 +57,7 @@ def test_the_doom_preset_is_the_papers_scale():
     cfg = get_config(DOOM)
     assert (cfg.vae.latent_size, cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures) == (64, 512, 5)
     assert cfg.controller.inputs == "zch" and cfg.controller.mode == "dream"
+    assert (cfg.controller.population_size, cfg.controller.rollouts_per_candidate) == (64, 16)
     assert cfg.controller.dream_max_steps == 2100
 
 
