@@ -44,8 +44,10 @@ def test_doom_runs_only_on_envpool_and_says_how_to_get_it(monkeypatch):
     assert resolve_backend(get_config(DOOM).env) == "envpool"
     with pytest.raises(WorldModelsError, match=r"^DoomTakeCover-v0 exists only on EnvPool .*use --backend envpool"):
         resolve_backend(get_config(DOOM, overrides=["env.backend=gymnasium"]).env)
-    with pytest.raises(WorldModelsError, match="exists only on EnvPool"):
-        make_env(DOOM)  # every Gymnasium path (PPO's envs, evaluate --backend gymnasium) ends here
+    with pytest.raises(WorldModelsError, match="exists only on EnvPool, and this command plays Gymnasium envs only"):
+        make_env(DOOM)  # every Gymnasium-only path (PPO's envs, the probes) ends here
+    with pytest.raises(WorldModelsError, match="takes none"):
+        resolve_backend(get_config(DOOM, overrides=["env.env_kwargs=frame_skip=4"]).env)
     import utils.envpool_envs as envpool_envs
 
     monkeypatch.setattr(envpool_envs, "envpool_installed", lambda: False)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
 from utils.actions import action_size, action_to_vector
 from utils.data import Episode, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
-from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, envpool_only_error, play_episodes, resolve_backend
+from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import ensure_writable_dir, experiment_dir, make_writer
 from utils.frames import has_image_observation, preprocess_frame
@@ -69,8 +69,9 @@ def is_atari(env_id: str) -> bool:
 def make_env(env_id: str, render_mode: Optional[str] = None, max_episode_steps: Optional[int] = None, **kwargs: Any) -> gym.Env:
     """`gymnasium.make` for a supported or user-registered id (aliases accepted), unwrapped of nothing."""
     env_id = resolve_env_id(env_id)
-    if env_id in ENVPOOL_ONLY_ENVS:  # every Gymnasium path (PPO, evaluate --backend gymnasium) ends here
-        raise envpool_only_error(env_id)
+    if env_id in ENVPOOL_ONLY_ENVS:  # every Gymnasium-only path (PPO, probes, --backend gymnasium) ends here
+        raise WorldModelsError(f"{env_id} exists only on EnvPool, and this command plays Gymnasium envs only; "
+                               "train.py, the stage scripts and evaluate.py play it on EnvPool")
     if max_episode_steps:
         kwargs["max_episode_steps"] = max_episode_steps
     return gym.make(env_id, render_mode=render_mode, **kwargs)

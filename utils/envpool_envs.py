@@ -116,6 +116,9 @@ def resolve_backend(env_cfg: EnvConfig) -> str:
     """`gymnasium` or `envpool`: what `env.backend` means for the World Models stages on this env and machine."""
     if env_cfg.env_id in ENVPOOL_ONLY_ENVS and (env_cfg.backend == "gymnasium" or not envpool_installed()):
         raise envpool_only_error(env_cfg.env_id)
+    if env_cfg.env_id in ENVPOOL_ONLY_ENVS and env_cfg.env_kwargs:
+        raise WorldModelsError(f"env.env_kwargs={env_cfg.env_kwargs!r}: {env_cfg.env_id} takes none (its EnvPool "
+                               "options are the paper's set-up)")
     ported = env_cfg.env_id in ENVPOOL_TASKS and not env_cfg.env_kwargs
     extra = f" with env.env_kwargs={env_cfg.env_kwargs!r}" if env_cfg.env_kwargs else ""
     return choose_backend(env_cfg.backend, ported, env_cfg.env_id in AUTO_ENVPOOL_ENVS,
