@@ -36,9 +36,10 @@ def series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], l
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def value_at(xs: list[float], ys: list[float], episodes: float) -> float:
-    """The last y at or before `episodes` real episodes; nan when the run had not got that far."""
-    if not xs or xs[-1] < episodes:
+def value_at(xs: list[float], ys: list[float], episodes: float, reached: float | None = None) -> float:
+    """The last y at or before `episodes` real episodes; nan when the run had not got that far (`reached`:
+    the run's last episode count, for a sparse series such as the re-evaluations; default: the last x)."""
+    if not xs or (xs[-1] if reached is None else reached) < episodes:
         return math.nan
     before = [y for x, y in zip(xs, ys) if x <= episodes]
     return before[-1] if before else math.nan
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'run':24s} " + " ".join(f"{f'{m:,} ep: pop / mean':>26s}" for m in MILESTONES))
     for label, population, mean_eval in table:
         print(f"{label:24s} " + " ".join(
-            f"{cell(value_at(*population, m)) + ' / ' + cell(value_at(*mean_eval, m)):>26s}" for m in MILESTONES))
+            f"{cell(value_at(*population, m)) + ' / ' + cell(value_at(*mean_eval, m, population[0][-1])):>26s}"
+            for m in MILESTONES))
     print(f"wrote {args.out}")
 
 
