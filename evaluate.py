@@ -38,6 +38,7 @@ from training.ppo_envs import make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import RandomAgent, env_action_space, make_frame_env, run_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolSlots, play_episodes, resolve_backend
+from utils.data import load_episode, require_episodes
 from utils.errors import WorldModelsError
 from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
 from utils.images import upscale
@@ -323,8 +324,37 @@ def read_scalars(log_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, 
             for tag in tags if tag in found}
 
 
+def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each method's training return against the real env steps it had used by then, from what its run
+    wrote: {label: (env steps (N,), returns (N,))}.
+
+    World Models: stage 1's collected steps (the episode files V and M trained on) plus stage 4's real
+    steps so far (every CMA-ES rollout, re-evaluation and video episode: `controller_curve.csv`), against
+    the population's mean fitness and, where made, the re-evaluation of the CMA-ES mean. A dream-trained C
+    spends real steps on re-evaluation only. PPO: the returns of its training episodes
+    (`charts/episodic_return` in TensorBoard) against its global step.
+    """
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    curve_path = checkpoint_path(cfg, "controller").with_name("controller_curve.csv")
+    if curve_path.is_file():
+        collected = sum(len(load_episode(path, keys=("rewards",))["rewards"]) for path in require_episodes(cfg))
+        with open(curve_path, newline="") as handle:
+            curve = [{key: float(value) if value else math.nan for key, value in row.items()} for row in csv.DictReader(handle)]
+        steps = collected + np.array([row["real_env_steps"] for row in curve])
+        series["world_models: population mean"] = (steps, np.array([row["fitness_mean"] for row in curve]))
+        evaluated = [i for i, row in enumerate(curve) if math.isfinite(row["eval_mean_params"])]
+        if evaluated:
+            series["world_models: CMA-ES mean, re-evaluated"] = (
+                steps[evaluated], np.array([curve[i]["eval_mean_params"] for i in evaluated]))
+    ppo = read_scalars(experiment_dir(cfg, "logs") / "ppo", ["charts/episodic_return"])
+    if ppo:
+        series["ppo: training episodes"] = ppo["charts/episodic_return"]
+    return series
+
+
 def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], folder: Path) -> list[Path]:
-    """A box plot of returns per method, and both methods' training curves from their TensorBoard logs."""
+    """A box plot of returns per method, both methods' training curves from their TensorBoard logs, and
+    return against the real env steps each had used (`returns_by_env_steps`), labelled by what each observes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -365,7 +395,27 @@ def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], fol
     curves_path = folder / "compare_training_curves.png"
     figure.savefig(curves_path, dpi=120)
     plt.close(figure)
-    return [box_path, curves_path]
+
+    observes = {s.method: s.observes for s in summaries}
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for label, (steps, values) in returns_by_env_steps(cfg).items():
+        method = label.split(":")[0]
+        label = f"{label} (sees {observes.get(method, '?')})"
+        window = max(1, len(values) // 50)  # PPO's thousands of episodes: their moving mean
+        if window > 1:
+            values = np.convolve(values, np.ones(window) / window, mode="valid")
+            steps, label = steps[window - 1 :], f"{label}, moving mean of {window}"
+        axis.plot(steps, values, marker="." if len(steps) < 100 else None, label=label, alpha=0.8)
+    axis.set(xlabel="real env steps used in training (World Models: collection + CMA-ES + re-evaluation)",
+             ylabel="return", title=f"{cfg.env.env_id}: return against real env steps")
+    axis.grid(alpha=0.3)
+    if axis.lines:
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    steps_path = folder / "compare_env_steps.png"
+    figure.savefig(steps_path, dpi=120)
+    plt.close(figure)
+    return [box_path, curves_path, steps_path]
 
 
 def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: bool = False, dream: bool = False,

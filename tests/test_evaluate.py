@@ -70,8 +70,23 @@ def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys)
     assert [s.method for s in result["summaries"]] == ["world_models", "ppo", "random"]
     assert "world_models - ppo:" in out and "95% CI" in out
     results = trained_lunar / "results" / "lunarlander-v3"
-    for name in ("compare_returns.png", "compare_training_curves.png"):
+    for name in ("compare_returns.png", "compare_training_curves.png", "compare_env_steps.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Return against real env steps, from what the runs wrote: World Models' steps start after its
+    # collection (the episode files) and grow by each generation's real steps (controller_curve.csv);
+    # PPO's are its TensorBoard global steps.
+    from evaluate import returns_by_env_steps
+    from utils.data import load_episode, require_episodes
+
+    series = returns_by_env_steps(cfg)
+    collected = sum(len(load_episode(p, keys=("rewards",))["rewards"]) for p in require_episodes(cfg))
+    with open(trained_lunar / "checkpoints" / "lunarlander-v3" / "controller_curve.csv") as handle:
+        curve = list(csv.DictReader(handle))
+    steps, fitness = series["world_models: population mean"]
+    assert steps.tolist() == [collected + int(row["real_env_steps"]) for row in curve]
+    assert fitness.tolist() == pytest.approx([float(row["fitness_mean"]) for row in curve])
+    ppo_steps, _ = series["ppo: training episodes"]
+    assert len(ppo_steps) > 0 and np.all(np.diff(ppo_steps) >= 0) and ppo_steps[-1] <= cfg.ppo.total_timesteps
     videos = sorted(p.name for p in (trained_lunar / "videos" / "lunarlander-v3").glob("eval_*.mp4"))
     assert len(videos) == 7  # best + worst for 3 methods, and the world-model views
     data = json.loads((results / "eval_compare.json").read_text())
