@@ -26,13 +26,11 @@ from models.vae import ConvVAE
 from utils.actions import action_size
 from utils.environment import env_action_space
 from utils.errors import WorldModelsError
-from utils.files import best_checkpoint_path, checkpoint_config, checkpoint_path, load_checkpoint, require_match
+from utils.files import checkpoint_config, checkpoint_path, load_checkpoint, require_match, served_checkpoint
 
 
 def _served_path(cfg: Config, stage: str) -> Path:
-    """What a later stage loads: `<stage>_best.pt` if validation ever improved, else `<stage>.pt`."""
-    path = best_checkpoint_path(cfg, stage)
-    return path if path.is_file() else checkpoint_path(cfg, stage)
+    return served_checkpoint(checkpoint_path(cfg, stage).parent, stage)
 
 
 # ------------------------------------------------------------------------------------------------ V

@@ -23,23 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.train_utils import run_cli  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
-from utils.files import atomic_path  # noqa: E402
+from utils.files import atomic_path, served_checkpoint  # noqa: E402
 
 STAGES = ("vae", "mdnrnn", "controller")
 # Training state a finished stage never reads again (training/epochs.py's resume does).
 TRAINING_STATE = ("optimizer", "grad_scaler")
 
 
-def served_file(folder: Path, stage: str) -> Path:
-    """The file a later stage loads for `stage` from `folder` (models/loaders._served_path's rule)."""
-    best = folder / f"{stage}_best.pt"
-    return best if best.is_file() else folder / f"{stage}.pt"
-
-
 def export_stage(source: Path, target: Path, stage: str) -> tuple[Path, int]:
     """Write `target/<stage>.pt` from `source`'s served checkpoint minus training state.
     Returns the written path and its size in bytes."""
-    path = served_file(source, stage)
+    path = served_checkpoint(source, stage)
     if not path.is_file():
         raise WorldModelsError(f"no {stage} checkpoint in {source} (looked for {path.name})")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -49,6 +49,13 @@ def best_checkpoint_path(cfg: Config, stage: str) -> Path:
     return experiment_dir(cfg, "checkpoints") / f"{stage}_best.pt"
 
 
+def served_checkpoint(folder: Path, stage: str) -> Path:
+    """What a later stage loads from a checkpoint folder: `<stage>_best.pt` (`best_checkpoint_path`) if
+    validation ever improved, else `<stage>.pt`; tools/export_weights.py copies the same file."""
+    best = Path(folder) / f"{stage}_best.pt"
+    return best if best.is_file() else Path(folder) / f"{stage}.pt"
+
+
 def make_writer(cfg: Config, stage: str):
     """A TensorBoard SummaryWriter under `logs/<experiment>/<stage>/`."""
     from torch.utils.tensorboard import SummaryWriter
