@@ -45,9 +45,11 @@ RECON_LOSSES = ("bce", "mse")
 CONTROLLER_INPUTS = ("zh", "z", "zch")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation),
 # zch = [z_t, c_t, h_t]: the LSTM's cell state too (the paper's Doom controller)
 CONTROLLER_MODES = ("real", "dream")
-# How C's raw outputs become a Box action: squash = each dimension low + (tanh + 1) / 2 * (high - low);
-# carracing_paper = the paper code's CarRacing mapping (steer tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1)).
-ACTION_MAPPINGS = ("squash", "carracing_paper")
+# How C's raw outputs become an action: squash = a Box dimension is low + (tanh + 1) / 2 * (high - low), a
+# Discrete action the argmax of one output per choice; carracing_paper = the paper code's CarRacing mapping
+# (steer tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1)); doom_paper = the paper's Doom C, one tanh output
+# whose thirds are left | stay | right.
+ACTION_MAPPINGS = ("squash", "carracing_paper", "doom_paper")
 PPO_OBSERVATIONS = ("auto", "state", "pixels")
 PPO_VECTOR_ENVS = ("auto", "sync", "async")
 ENV_BACKENDS = ("auto", "gymnasium", "envpool")
@@ -142,7 +144,7 @@ class ControllerConfig:
     population_size: int = 64
     sigma: float = 0.5
     weight_decay: float = 0.0  # L2 penalty on C's parameters in CMA-ES's ranking (the paper's code: 0.005)
-    action_mapping: str = "squash"  # Box actions: squash | carracing_paper (ACTION_MAPPINGS)
+    action_mapping: str = "squash"  # squash | carracing_paper | doom_paper (ACTION_MAPPINGS)
     generations: int = 100
     rollouts_per_candidate: int = 4
     eval_every: int = 5  # every N generations, re-evaluate the mean/best on more episodes
@@ -303,6 +305,7 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         "mdnrnn.hidden_size": 512,
         "mdnrnn.num_mixtures": 5,
         "controller.inputs": "zch",
+        "controller.action_mapping": "doom_paper",  # one tanh output: 1,088 + 1 parameters, as the paper's C
         "controller.mode": "dream",
         "controller.temperature": 1.15,
         "controller.dream_max_steps": 2100,
@@ -616,6 +619,12 @@ def validate_config(cfg: Config) -> Config:
     if cfg.controller.action_mapping == "carracing_paper" and cfg.env.env_id != "CarRacing-v3":
         raise WorldModelsError(f"controller.action_mapping=carracing_paper maps CarRacing-v3's steer, gas and brake; "
                                f"{cfg.env.env_id} needs controller.action_mapping=squash")
+    if cfg.controller.action_mapping == "doom_paper" and cfg.env.env_id != "DoomTakeCover-v0":
+        raise WorldModelsError(f"controller.action_mapping=doom_paper maps one output to DoomTakeCover-v0's left, stay "
+                               f"and right; {cfg.env.env_id} needs controller.action_mapping=squash")
+    if cfg.controller.action_mapping == "doom_paper" and cfg.controller.sample_actions:
+        raise WorldModelsError("controller.sample_actions=true samples from a softmax over one output per action; "
+                               "controller.action_mapping=doom_paper has a single output: use one or the other")
     batch_size = ppo.num_envs * ppo.num_steps
     if batch_size % ppo.num_minibatches:
         raise WorldModelsError(f"ppo.num_minibatches={ppo.num_minibatches} must divide the batch of "

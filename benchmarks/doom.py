@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from config import get_config  # noqa: E402
-from models.controller import Controller, controller_input_size  # noqa: E402
+from models.loaders import make_controller  # noqa: E402
 from models.mdnrnn import MDNRNN  # noqa: E402
 from training.dream import dream_rollouts  # noqa: E402
 from utils.envpool_envs import play_episodes  # noqa: E402
@@ -45,12 +45,13 @@ def main() -> None:
     with torch.no_grad():
         mdnrnn.head.weight[-1] = 0.0
         mdnrnn.head.bias[-1] = -20.0  # the done logit: no rollout ends before the step cap
-    controller = Controller(controller_input_size(latent, hidden, cfg.controller.inputs), actions)
+    controller = make_controller(cfg, space)
     for rollouts in (256, 1024):
         params = torch.randn(rollouts, controller.num_parameters) * 0.1
         started = time.perf_counter()
         result = dream_rollouts(mdnrnn, controller.layer_shapes, params, torch.randn(rollouts, latent), space,
-                                cfg.controller.temperature, 200, torch.Generator().manual_seed(0), cfg.controller.inputs)
+                                cfg.controller.temperature, 200, torch.Generator().manual_seed(0), cfg.controller.inputs,
+                                action_mapping=cfg.controller.action_mapping)
         seconds = time.perf_counter() - started
         steps = int(result.lengths.sum())
         print(f"dream: {rollouts} rollouts, {steps} steps in {seconds:.1f} s: {steps / seconds:.0f} dream steps/s "

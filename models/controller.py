@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from config import CONTROLLER_INPUTS
+from utils.actions import action_size
 from utils.errors import WorldModelsError
+
+# EnvPool's TakeCover pairs its two buttons as [none, MOVE_RIGHT, MOVE_LEFT] (how envpool/vizdoom/utils.h
+# builds a combined action set; checked here by the way the view shifts): the action of each third of
+# tanh's range, low to high, for `doom_paper`.
+DOOM_PAPER_ACTIONS = (2, 0, 1)  # left | stay | right
 
 
 def controller_input_size(latent_size: int, hidden_size: int, inputs: str) -> int:
@@ -37,6 +43,11 @@ def controller_input(z: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor],
     if inputs == "zh":
         return torch.cat([z, hidden[0][0]], dim=-1)
     return torch.cat([z, hidden[1][0], hidden[0][0]], dim=-1)
+
+
+def controller_output_size(space: gym.Space, mapping: str = "squash") -> int:
+    """How many raw outputs C has: one under `doom_paper` (the paper's Doom C), else the action vector's width."""
+    return 1 if mapping == "doom_paper" else action_size(space)
 
 
 class Controller(nn.Module):
@@ -105,12 +116,21 @@ def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = F
                        generator: Optional[torch.Generator] = None, mapping: str = "squash") -> torch.Tensor:
     """Raw outputs (E, A) -> action vectors (E, A) float32 in the format M and the data use.
 
-    Discrete: one-hot of the argmax (or of a softmax sample). Box, `mapping="squash"`: each dimension
+    Discrete: one-hot of the argmax (or of a softmax sample); `mapping="doom_paper"`: outputs (E, 1), whose
+    tanh in [-1, -1/3) | [-1/3, 1/3) | [1/3, 1] is left | stay | right (`DOOM_PAPER_ACTIONS`). Box, `mapping="squash"`: each dimension
     squashed into its bounds, low + (tanh(x) + 1) / 2 * (high - low) (for CarRacing: steering tanh, gas
     and brake (tanh + 1) / 2, so an output of 0 brakes at 0.5). `mapping="carracing_paper"`: the paper
     code's CarRacing mapping, steering tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1) (no brake for
     half of the output range).
     """
+    if mapping == "doom_paper":
+        if not isinstance(space, gym.spaces.Discrete) or space.n != 3 or outputs.shape[-1] != 1:
+            raise WorldModelsError(f"action mapping doom_paper needs one output and Doom's 3 actions, got "
+                                   f"{outputs.shape[-1]} outputs for {space}")
+        thirds = torch.tensor([-1.0 / 3.0, 1.0 / 3.0], device=outputs.device)
+        bins = torch.bucketize(torch.tanh(outputs[:, 0].float()), thirds, right=True)
+        choice = torch.tensor(DOOM_PAPER_ACTIONS, device=outputs.device)[bins]
+        return nn.functional.one_hot(choice, 3).float()
     if isinstance(space, gym.spaces.Discrete):
         if sample:
             choice = torch.multinomial(torch.softmax(outputs.float(), dim=-1), 1, generator=generator).squeeze(1)

@@ -20,7 +20,7 @@ from torch import nn
 
 from config import Config
 from models.agent import WorldModelAgent, WorldModelPolicy
-from models.controller import Controller, controller_input_size
+from models.controller import Controller, controller_input_size, controller_output_size
 from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
 from utils.actions import action_size
@@ -108,7 +108,8 @@ def load_mdnrnn(cfg: Config, device: torch.device | str, vae: Optional[ConvVAE] 
 def make_controller(cfg: Config, action_space: gym.Space) -> Controller:
     """C's architecture for `cfg` (its input per `controller.inputs`), with fresh parameters."""
     input_size = controller_input_size(cfg.vae.latent_size, cfg.mdnrnn.hidden_size, cfg.controller.inputs)
-    return Controller(input_size, action_size(action_space), cfg.controller.hidden_sizes)
+    return Controller(input_size, controller_output_size(action_space, cfg.controller.action_mapping),
+                      cfg.controller.hidden_sizes)
 
 
 def load_controller_checkpoint(cfg: Config, device: Any = "cpu") -> dict[str, Any]:

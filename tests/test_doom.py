@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("envpool")
 
@@ -19,6 +20,8 @@ from utils.envpool_envs import play_episodes, resolve_backend  # noqa: E402
 from utils.environment import RandomAgent, env_action_space, make_env  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 from utils.files import load_checkpoint  # noqa: E402
+from models.controller import DOOM_PAPER_ACTIONS, outputs_to_actions  # noqa: E402
+from models.loaders import make_controller  # noqa: E402
 
 DOOM = "DoomTakeCover-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +43,36 @@ def test_take_cover_is_the_papers_task_and_an_episode_is_a_function_of_its_seed(
     assert alone.length == batched[1].length and np.array_equal(alone.obs, batched[1].obs)
 
 
+def _view_shift(env_cfg, action: int) -> int:
+    """How many pixels the view has moved sideways after holding `action` for 12 frames (seed 3), against
+    standing still: negative = the room moved left in the picture, so the player stepped right."""
+    def last_frame(held: int) -> np.ndarray:
+        agent = type("Hold", (), {"reset": lambda self, seed: None, "act": lambda self, frame: held})()
+        (_, episode), = play_episodes(env_cfg, [agent], [3])
+        return episode.obs[12].astype(np.float64).mean(-1)
+
+    still, moved = last_frame(0), last_frame(action)
+    errors = {dx: np.abs(np.roll(still, dx, axis=1)[:, 8:-8] - moved[:, 8:-8]).mean() for dx in range(-6, 7)}
+    return min(errors, key=errors.get)
+
+
+def test_doom_paper_mapping_cuts_one_tanh_output_into_left_stay_right():
+    env_cfg = get_config(DOOM, overrides=["env.max_episode_steps=13"]).env
+    space = env_action_space(env_cfg)
+    left, stay, right = DOOM_PAPER_ACTIONS
+    # The game's own actions: holding `right` moves the room left in the picture, `left` the other way.
+    assert _view_shift(env_cfg, right) < 0 < _view_shift(env_cfg, left)
+    outputs = torch.atanh(torch.tensor([[-0.9], [-0.34], [-0.33], [0.0], [0.33], [0.34], [0.9]]))
+    chosen = outputs_to_actions(outputs, space, mapping="doom_paper").argmax(-1).tolist()
+    assert chosen == [left, left, stay, stay, stay, right, right]
+    with pytest.raises(WorldModelsError, match="one output and Doom's 3 actions"):
+        outputs_to_actions(torch.zeros(2, 3), space, mapping="doom_paper")
+    with pytest.raises(WorldModelsError, match="doom_paper maps one output to DoomTakeCover-v0's"):
+        get_config("CarRacing-v3", overrides=["controller.action_mapping=doom_paper"])
+    with pytest.raises(WorldModelsError, match="has a single output"):
+        get_config(DOOM, overrides=["controller.sample_actions=true"])
+
+
 def test_doom_runs_only_on_envpool_and_says_how_to_get_it(monkeypatch):
     assert resolve_backend(get_config(DOOM).env) == "envpool"
     with pytest.raises(WorldModelsError, match=r"^DoomTakeCover-v0 exists only on EnvPool .*use --backend envpool"):
@@ -59,6 +92,8 @@ def test_the_doom_preset_is_the_papers_scale():
     cfg = get_config(DOOM)
     assert (cfg.vae.latent_size, cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures) == (64, 512, 5)
     assert cfg.controller.inputs == "zch" and cfg.controller.mode == "dream"
+    # The paper's C: one tanh output on [z, c, h], 64 + 512 + 512 weights and a bias.
+    assert make_controller(cfg, env_action_space(cfg.env)).num_parameters == 1089
     assert (cfg.controller.population_size, cfg.controller.rollouts_per_candidate) == (64, 16)
     assert cfg.controller.dream_max_steps == 2100
 

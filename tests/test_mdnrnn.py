@@ -179,6 +179,19 @@ def test_learns_a_deterministic_latent_rule_far_better_than_copying():
     assert after["prediction_error"] < 0.1 * min(after["copy_baseline_error"], after["copy_mean_baseline_error"])
 
 
+def test_done_calibration_compares_the_deaths_m_expects_with_those_that_happened():
+    cfg = get_config("LunarLander-v3", preset="smoke", overrides=["vae.latent_size=4", "mdnrnn.amp=false"])
+    cache = synthetic_cache(episodes=8, length=30)  # 8 deaths in 240 steps
+    model = MDNRNN(4, 3, 16, 2)
+    with torch.no_grad():  # a done head that says p = 1/60 at every step, whatever it sees
+        model.head.weight[-1] = 0.0
+        model.head.bias[-1] = math.log((1 / 60) / (1 - 1 / 60))
+    metrics = validate(model, SequenceSampler(cache, np.arange(8), 16), cfg, torch.device("cpu"))
+    assert metrics["done_calibration"] == pytest.approx(240 / 60 / 8, rel=1e-4)  # it expects 4 of the 8
+    assert metrics["done_probability_at_death"] == pytest.approx(1 / 60, rel=1e-4)
+    assert metrics["done_precision"] == metrics["done_recall"] == 0.0  # p < 0.5: never predicted
+
+
 def test_windows_cover_every_step_and_mask_padding():
     cache = synthetic_cache(episodes=3, length=10)
     cache = cache._replace(offsets=np.array([0, 4, 10, 30]))  # episodes of 4, 6 and 20 steps

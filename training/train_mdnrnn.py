@@ -93,7 +93,10 @@ def validate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch
     |z_t - mu_{t+1}|^2, "copy the last z", the baseline that sees what M sees; copy_mean_baseline_error:
     |mu_t - mu_{t+1}|^2, copying the noise-free mean M never sees (how much the latent state moves per
     step). mixture_entropy (nats) and dominant_weight (largest pi) are averaged over latent dims; done
-    precision/recall threshold the done logit at 0.
+    precision/recall threshold the done logit at 0. The dream samples done from its probability instead,
+    so calibration is what sets a dream episode's length: done_calibration = the deaths M expects (its
+    probabilities summed over every step) / the deaths that happened (1 = dream episodes end as often as
+    real ones), and done_probability_at_death is M's mean probability on the steps that did end.
     """
     model.eval()
     generator = torch.Generator(device).manual_seed(cfg.experiment.seed)
@@ -101,6 +104,7 @@ def validate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch
     sums: dict[str, float] = {}
     counts = {"next": 0, "step": 0}
     true_positive = predicted = actual = 0
+    expected_deaths = probability_at_deaths = 0.0
     for index in range(0, len(episodes), cfg.mdnrnn.batch_size):
         window = slice(index, index + cfg.mdnrnn.batch_size)
         batch = sampler.gather(episodes[window], starts[window]).to(device)
@@ -128,12 +132,17 @@ def validate(model: MDNRNN, sampler: SequenceSampler, cfg: Config, device: torch
         true_positive += int((done_predicted & done_actual).sum())
         predicted += int(done_predicted.sum())
         actual += int(done_actual.sum())
+        probability = torch.sigmoid(output.done_logit.float())
+        expected_deaths += float(probability[step_mask].sum())
+        probability_at_deaths += float(probability[done_actual].sum())
     model.train()
     per_next = ("nll", "prediction_error", "copy_baseline_error", "copy_mean_baseline_error")
     metrics = {name: total / max(1, counts["next" if name in per_next else "step"]) for name, total in sums.items()}
     metrics["total_loss"] = metrics["nll"] + cfg.mdnrnn.reward_weight * metrics["reward_loss"] + cfg.mdnrnn.done_weight * metrics["done_loss"]
     metrics["done_precision"] = true_positive / predicted if predicted else 0.0
     metrics["done_recall"] = true_positive / actual if actual else 0.0
+    metrics["done_calibration"] = expected_deaths / actual if actual else 0.0
+    metrics["done_probability_at_death"] = probability_at_deaths / actual if actual else 0.0
     return metrics
 
 
@@ -265,7 +274,8 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
         improved = loop.end_epoch(epoch, train_losses, val, throughput, trained=True, **identity)
         print(f"mdnrnn: epoch {epoch + 1}/{m.epochs}  train nll {train_losses['nll']:.3f}  val nll {val['nll']:.3f}  "
               f"val prediction error {val['prediction_error']:.3f} (copy z {val['copy_baseline_error']:.3f}, copy mu {val['copy_mean_baseline_error']:.3f})  "
-              f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f})  "
+              f"reward {val['reward_loss']:.3f}  done {val['done_loss']:.3f} (P {val['done_precision']:.2f} R {val['done_recall']:.2f}, "
+              f"expected/actual deaths {val['done_calibration']:.2f}, p at death {val['done_probability_at_death']:.2f})  "
               f"{sequences_per_second:.0f} seq/s{'  (best)' if improved else ''}")
     loop.close()
     print_main(f"mdnrnn: checkpoint {loop.last_path}, best {loop.best_path}, predicted frames in {png_path}")
