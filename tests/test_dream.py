@@ -11,7 +11,7 @@ import torch
 from config import get_config
 from evaluate import read_scalars
 from models.controller import CMAES, Controller
-from models.loaders import load_controller_checkpoint
+from models.loaders import load_controller_checkpoint, load_vae
 from models.mdnrnn import MDNRNN, sample_next_z
 from models.vae import ConvVAE
 from tests.conftest import isolate
@@ -20,9 +20,12 @@ from training.dream import (
     draw_step_noise,
     dream_generator,
     dream_rollouts,
+    dream_starts_path,
     episode_start_latents,
+    load_dream_starts,
     sample_start_latents,
 )
+from training.latents import latent_cache_path
 from training.train_controller import train_controller
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, experiment_dir
@@ -222,6 +225,33 @@ def test_start_latents_come_from_episode_first_frames():
     assert set(samples[:, 0].round().tolist()) == {0.0, 4.0, 7.0}
     with pytest.raises(WorldModelsError, match="no episodes"):
         episode_start_latents(mu, logvar, np.array([0]), "cpu")
+
+
+def test_dream_starts_are_kept_beside_v_and_serve_a_machine_without_the_data(trained_lunar, tmp_path):
+    trained = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=60"]), trained_lunar)
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=60"]), trained_lunar)
+    cfg.experiment.checkpoint_dir = str(tmp_path / "weights")
+    folder = checkpoint_path(cfg, "vae").parent
+    folder.mkdir(parents=True)
+    for name in ("vae.pt", "vae_best.pt", "latents.npz"):
+        (folder / name).write_bytes((checkpoint_path(trained, "vae").parent / name).read_bytes())
+    vae = load_vae(cfg, "cpu")
+    with np.load(latent_cache_path(cfg)) as cache:
+        expected = episode_start_latents(cache["mu"], cache["logvar"], cache["offsets"], "cpu")
+    written = load_dream_starts(cfg, vae, torch.device("cpu"))
+    assert dream_starts_path(cfg).is_file()
+    for got, want in zip(written, expected):
+        torch.testing.assert_close(got, want)
+    # Committed weights on a machine without the collected episodes (or their latent cache) still dream.
+    cfg.experiment.data_dir = str(tmp_path / "no-data")
+    latent_cache_path(cfg).unlink()
+    for got, want in zip(load_dream_starts(cfg, vae, torch.device("cpu")), expected):
+        torch.testing.assert_close(got, want)
+    # Another V's latents are not these: without data to re-encode, the error says what is missing.
+    with torch.no_grad():
+        next(vae.parameters()).add_(0.1)
+    with pytest.raises(WorldModelsError, match="no rollouts in .*collect them first"):
+        load_dream_starts(cfg, vae, torch.device("cpu"))
 
 
 def test_dream_is_a_pure_function_of_the_seed_and_decodes_to_frames():

@@ -4,16 +4,19 @@
     python tools/export_weights.py --from checkpoints/x --to pretrained/x --stages vae mdnrnn
 
 For V and M it copies the weights a later stage serves (`<stage>_best.pt` when present, else `<stage>.pt`)
-as `<stage>.pt`, with the last checkpoint's epoch count, without the optimizer and gradient-scaler state that make a training checkpoint three
-times larger. The copy keeps its config, epoch count and metrics, so the stages and evaluate.py read it
-like the original, and treat the stage as finished. C is copied whole: its checkpoint is already small
-(the kept-best and mean parameters, CMA-ES's fitness history and the learning curve), and that history
-is what lets a run resume from the copy on another machine (`resume_controller` replays it).
+as `<stage>.pt`, with the last checkpoint's epoch count, without the optimizer and gradient-scaler state
+that make a training checkpoint three times larger. The copy keeps its config, epoch count and metrics,
+so the stages and evaluate.py read it like the original, and treat the stage as finished. V's dream
+starts (`dream_starts.npz`, a few hundred kB) go with V, so the copy can dream on a machine without the
+collected episodes. C is copied whole: its checkpoint is already small (the kept-best and mean
+parameters, CMA-ES's fitness history and the learning curve), and that history is what lets a run
+resume from the copy on another machine (`resume_controller` replays it).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.dream import DREAM_STARTS_FILE  # noqa: E402
 from training.train_utils import run_cli  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 from utils.files import atomic_path, served_checkpoint  # noqa: E402
@@ -50,6 +54,10 @@ def export_stage(source: Path, target: Path, stage: str) -> tuple[Path, int]:
         torch.save(weights, tmp_path)
     # A stale `_best` beside the copy would be served instead of it.
     (target / f"{stage}_best.pt").unlink(missing_ok=True)
+    starts = source / DREAM_STARTS_FILE
+    if stage == "vae" and starts.is_file():  # V's posteriors of the first frames: where a dream starts
+        with atomic_path(target / DREAM_STARTS_FILE) as tmp_path:
+            shutil.copyfile(starts, tmp_path)
     return written, written.stat().st_size
 
 

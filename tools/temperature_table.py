@@ -30,13 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import Config  # noqa: E402
+from training.dream import DREAM_STARTS_FILE  # noqa: E402
 from training.train_controller import train_controller  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 from utils.files import atomic_path, checkpoint_path, experiment_dir  # noqa: E402
 
 # What each tau's folder shares with the experiment: V, M and the latent cache the dream starts from.
-SHARED_FILES = ("vae.pt", "vae_best.pt", "mdnrnn.pt", "mdnrnn_best.pt", "latents.npz")
+SHARED_FILES = ("vae.pt", "vae_best.pt", "mdnrnn.pt", "mdnrnn_best.pt", "latents.npz", DREAM_STARTS_FILE)
 
 
 def temperature_config(cfg: Config, temperature: float) -> Config:

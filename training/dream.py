@@ -27,6 +27,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import gymnasium as gym
@@ -36,11 +37,13 @@ import torch
 from config import Config
 from models.agent import WorldModelPolicy
 from models.controller import controller_input, outputs_to_actions, population_forward
+from models.loaders import vae_fingerprint
 from models.mdnrnn import MDNRNN, sample_next_z
 from models.vae import ConvVAE, sample_latent
-from training.latents import load_or_encode_latents
+from training.latents import load_or_encode_latents, rollouts_fingerprint
 from utils.data import require_episodes
 from utils.errors import WorldModelsError
+from utils.files import atomic_path, experiment_dir
 
 # Independent random streams of the dream, one per use, so e.g. recording a video never shifts fitness.
 DREAM_PURPOSES = {"fitness": 0, "video": 1, "evaluate": 2}
@@ -91,12 +94,47 @@ def episode_start_latents(mu: np.ndarray, logvar: np.ndarray, offsets: np.ndarra
             torch.as_tensor(logvar[rows], dtype=torch.float32, device=device))
 
 
+DREAM_STARTS_FILE = "dream_starts.npz"
+
+
+def dream_starts_path(cfg: Config) -> Path:
+    """`checkpoints/<experiment>/dream_starts.npz`: the dream's start latents, beside the V they come from."""
+    return experiment_dir(cfg, "checkpoints") / DREAM_STARTS_FILE
+
+
 def load_dream_starts(cfg: Config, vae: ConvVAE, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Where `cfg`'s dreams start: V's posterior (start_mu, start_logvar), each (S, Z) on `device`, of
-    the first frame of each of the S collected episodes, read from (or written to) the latent cache."""
-    cache = load_or_encode_latents(cfg, vae, require_episodes(cfg), device)
+    the first frame of each of the S collected episodes.
+
+    They are kept in `dream_starts_path` (S x Z x 2 floats: 0.5 MB for Doom's 1,000 episodes, where the
+    latent cache of every frame is 140 MB), so a folder of committed weights can still dream, and a
+    dream-trained C resume, on a machine that has no collected data. The file is used while its V is
+    the current one and, where the rollouts exist, while they are the ones it was made from; otherwise
+    it is rebuilt from the latent cache.
+    """
+    path = dream_starts_path(cfg)
+    try:
+        paths = require_episodes(cfg)
+    except WorldModelsError:
+        paths = []  # no data on this machine: only a saved file of this V's starts will do
+    fingerprints = {"vae_fingerprint": vae_fingerprint(vae)}
+    if paths:
+        fingerprints["rollouts_fingerprint"] = rollouts_fingerprint(paths)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as archive:
+            if all(name in archive.files and str(archive[name]) == value for name, value in fingerprints.items()):
+                return (torch.as_tensor(archive["start_mu"], device=device),
+                        torch.as_tensor(archive["start_logvar"], device=device))
+    if not paths:
+        require_episodes(cfg)  # its one-line error: which folder is empty and the command that fills it
+    cache = load_or_encode_latents(cfg, vae, paths, device)
     # Every frame's latents can be hundreds of MB; the dream keeps the first frames' only.
-    return episode_start_latents(cache.mu, cache.logvar, cache.offsets, device)
+    start_mu, start_logvar = episode_start_latents(cache.mu, cache.logvar, cache.offsets, "cpu")
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            np.savez(handle, start_mu=start_mu.numpy(), start_logvar=start_logvar.numpy(),
+                     **{name: np.str_(value) for name, value in fingerprints.items()})
+    return start_mu.to(device), start_logvar.to(device)
 
 
 def sample_start_latents(start_mu: torch.Tensor, start_logvar: torch.Tensor, count: int,
