@@ -313,6 +313,9 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         # on 2 cores: benchmarks/doom.py), so the paper's population is affordable here.
         "controller.population_size": 64,
         "controller.rollouts_per_candidate": 16,
+        # CMA-ES as the paper's code starts it (as on CarRacing): sigma 0.1, an L2 penalty of 0.005.
+        "controller.sigma": 0.1,
+        "controller.weight_decay": 0.005,
         "controller.generations": 200,
         "controller.eval_every": 10,
         "controller.eval_episodes": 16,

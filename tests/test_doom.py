@@ -96,6 +96,7 @@ def test_the_doom_preset_is_the_papers_scale():
     assert make_controller(cfg, env_action_space(cfg.env)).num_parameters == 1089
     assert (cfg.controller.population_size, cfg.controller.rollouts_per_candidate) == (64, 16)
     assert cfg.controller.dream_max_steps == 2100
+    assert (cfg.controller.sigma, cfg.controller.weight_decay) == (0.1, 0.005)
 
 
 TINY_OVERRIDES = [*TINY_PIPELINE_OVERRIDES, "collect.num_rollouts=4", "env.max_episode_steps=60",
