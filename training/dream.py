@@ -46,7 +46,7 @@ from utils.errors import WorldModelsError
 from utils.files import atomic_path, experiment_dir
 
 # Independent random streams of the dream, one per use, so e.g. recording a video never shifts fitness.
-DREAM_PURPOSES = {"fitness": 0, "video": 1, "evaluate": 2}
+DREAM_PURPOSES = {"fitness": 0, "video": 1, "evaluate": 2, "reevaluate": 3}
 
 
 class StepNoise(NamedTuple):
@@ -216,3 +216,19 @@ def dream_video(policy: WorldModelPolicy, params: torch.Tensor, starts: tuple[to
                             temperature, max_steps, generator, policy.inputs, policy.sample_actions, record_first=True,
                             action_mapping=policy.action_mapping)
     return decode_latents(policy.vae, result.first_latents)
+
+
+def dream_scores(policy: WorldModelPolicy, cfg: Config, starts: tuple[torch.Tensor, torch.Tensor],
+                 candidates: np.ndarray, generation: int, device: torch.device) -> np.ndarray:
+    """The re-evaluation in the dream: candidates (K, N) -> (K,) mean dream returns. The K candidates share
+    one generation's worth of dream episodes (population_size x rollouts_per_candidate), each playing its
+    share from the same start latents, with random numbers of their own purpose (`reevaluate`)."""
+    c = cfg.controller
+    episodes = max(1, c.population_size * c.rollouts_per_candidate // len(candidates))
+    generator = dream_generator(cfg.experiment.seed, "reevaluate", generation, device)
+    start_z = sample_start_latents(*starts, episodes, generator).repeat(len(candidates), 1)
+    params = torch.as_tensor(np.repeat(candidates, episodes, axis=0), dtype=torch.float32, device=device)
+    returns, _, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, policy.action_space,
+                                   c.temperature, c.dream_max_steps, generator, c.inputs, c.sample_actions,
+                                   action_mapping=c.action_mapping)
+    return returns.reshape(len(candidates), episodes).mean(axis=1)

@@ -30,7 +30,7 @@ CURVE_COLUMNS = (
     "sigma",
     "eval_mean_params",  # real score of the CMA-ES mean on `eval_episodes` episodes; empty between evaluations
     "eval_best_candidate",  # the same for the generation's best candidate
-    "best_score",  # the kept best's real score so far
+    "best_score",  # the kept best's score so far: real, or in dream mode its score in the dream's re-evaluation
 )
 
 

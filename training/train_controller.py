@@ -12,9 +12,12 @@ Every `eval_every` generations the distribution mean and the generation's best c
 
 `controller.mode=dream` takes the fitness from M instead (paper, section 4.4; `training/dream.py`): every
 candidate x rollout is one row of a batched tensor rollout inside M at temperature `controller.temperature`,
-started from real episodes' first latents. The kept-best decision still plays the real environment, so
-TensorBoard shows `controller/dream_fitness_*` next to `controller/eval_score_*`: a dream fitness that
-climbs while the real score does not is M being exploited. Every `video_every` generations the dream of
+started from real episodes' first latents. C is then trained entirely in the dream: the re-evaluation that
+decides which parameters are kept plays inside M too (`dream_scores`, as many dream episodes as a
+generation). The real environment only watches: the same two candidates play `eval_episodes` real
+episodes, logged as `controller/eval_score_*` beside `controller/dream_eval_score_*` and
+`controller/dream_fitness_*`, so a dream score that climbs while the real one does not is M being
+exploited, seen as it happens, without the real score ever steering C. Every `video_every` generations the dream of
 the generation's best candidate is decoded by V into `videos/<experiment>/dream_genNNNN.mp4`.
 """
 
@@ -31,7 +34,7 @@ from tqdm import tqdm
 from config import Config
 from models.controller import CMAES
 from models.loaders import build_policy, load_controller_checkpoint, make_controller
-from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
+from training.dream import dream_generator, dream_rollouts, dream_scores, dream_video, load_dream_starts, sample_start_latents
 from training.learning_curve import LearningCurve
 from training.population import run_episodes
 from training.train_utils import run_cli, run_stage
@@ -145,14 +148,20 @@ def train_controller(cfg: Config) -> Path:
                     eval_returns, eval_lengths, _ = run_episodes(policy, pool, np.repeat(candidates, c.eval_episodes, axis=0),
                                                                  np.tile(eval_seeds, 2))
                     real_episodes, real_steps = real_episodes + len(eval_lengths), real_steps + int(eval_lengths.sum())
-                    scores = eval_returns.reshape(2, c.eval_episodes).mean(axis=1)
+                    real_scores = eval_returns.reshape(2, c.eval_episodes).mean(axis=1)
+                    # In the dream the real scores are watched, never used: M's re-evaluation picks the kept best.
+                    scores = dream_scores(policy, cfg, starts, candidates, generation, device) if dream else real_scores
                     winner = int(np.argmax(scores))
                     if scores[winner] > best_score:
                         best_score, best_params = float(scores[winner]), candidates[winner]
-                    last_eval = {"eval_mean_params": float(scores[0]), "eval_best_candidate": float(scores[1])}
-                    evaluation = (float(scores[0]), float(scores[1]))
-                    writer.add_scalar("controller/eval_score_mean_params", scores[0], step)
-                    writer.add_scalar("controller/eval_score_best_candidate", scores[1], step)
+                    last_eval = {"eval_mean_params": float(real_scores[0]), "eval_best_candidate": float(real_scores[1])}
+                    evaluation = (float(real_scores[0]), float(real_scores[1]))
+                    writer.add_scalar("controller/eval_score_mean_params", real_scores[0], step)
+                    writer.add_scalar("controller/eval_score_best_candidate", real_scores[1], step)
+                    if dream:
+                        last_eval.update(dream_eval_mean_params=float(scores[0]), dream_eval_best_candidate=float(scores[1]))
+                        writer.add_scalar("controller/dream_eval_score_mean_params", scores[0], step)
+                        writer.add_scalar("controller/dream_eval_score_best_candidate", scores[1], step)
                     writer.add_scalar("controller/best_score", best_score, step)
 
                 video_due = c.video_every and (step % c.video_every == 0 or step == c.generations)
@@ -193,7 +202,9 @@ def train_controller(cfg: Config) -> Path:
     finally:
         pool.close()
         writer.close()
-    print(f"controller: best score {best_score:.1f} over {c.eval_episodes} evaluation episodes; checkpoint {path}")
+    where = (f"{c.population_size * c.rollouts_per_candidate // 2} dream episodes" if dream
+             else f"{c.eval_episodes} evaluation episodes")
+    print(f"controller: best score {best_score:.1f} over {where}; checkpoint {path}")
     return path
 
 
