@@ -35,6 +35,25 @@ def test_the_table_reads_each_run_at_the_milestones_and_the_plot_is_written(tmp_
     assert out.stat().st_size > 10_000
 
 
+def test_doom_curves_are_drawn_against_dream_episodes_beside_the_originals_dream(tmp_path, capsys):
+    curve = LearningCurve()
+    # 1,024 dream episodes a generation, as the original's 64 x 16; the real env watched generation 10 only.
+    for generation in range(1, 13):
+        evaluation = (480.0, 500.0) if generation == 10 else None
+        curve.add(generation, 32 if evaluation else 0, 9_000 if evaluation else 0, 1024, 40.0,
+                  np.array([100.0 * generation, 100.0 * generation + 50]), 0.1, evaluation, 0.0)
+    path = curve.write_csv(tmp_path / "tau1.15" / "controller_curve.csv")
+    out = tmp_path / "doom.png"
+    plot_curve.main([str(path), "--task", "doom", "--out", str(out)])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    # At 10,240 dream episodes (generation 10): population mean 1,025 and the mean's real score 480;
+    # generation 25 (25,600) was never reached.
+    assert lines["tau1.15"].split()[1:4] == ["1025.0", "/", "480.0"] and lines["tau1.15"].split()[4:7] == ["-", "/", "-"]
+    # The original's dream population mean at generations 10 and 200 (docs/reference/doom_paper_dream_cmaes.csv).
+    original = lines["original"].split()[1:]
+    assert original[0] == "354.6" and original[-3] == "768.7" and out.stat().st_size > 10_000
+
+
 def test_missing_curve_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot_curve.main([str(tmp_path / "nope.csv")])

@@ -1,14 +1,23 @@
-"""Our CMA-ES learning curve over the original World Models CarRacing run, at equal real episodes.
+"""Our CMA-ES learning curve over the original World Models run's, at equal work.
 
     python tools/plot_curve.py pretrained/carracing-v3/controller_curve.csv --out docs/carracing_curve.png
     python tools/plot_curve.py a/controller_curve.csv b/controller_curve.csv --labels "16x1" "16x4"
+    python tools/plot_curve.py pretrained/doomtakecover-v0/tau1.15/controller_curve.csv --task doom \
+        --out docs/doom_curve.png
 
 Reads stage 4's `controller_curve.csv` (training/learning_curve.py) and the original run's published
-logs (`docs/reference/carracing_paper_*.csv`, from hardmaru/WorldModelsExperiments). Draws, against
-real episodes used in training (log scale: the original spent 1,024 a generation), the population's
-mean fitness and the CMA-ES mean's re-evaluation score of each run, and prints both at the milestones
-1,024 / 2,048 / 5k / 10k / 25.6k / 51.2k episodes (the last value at or before each; "-" where a run had
-not got there).
+logs (`docs/reference/*_paper_*.csv`, from hardmaru/WorldModelsExperiments).
+
+* `--task carracing` (C trained in the real env): against real episodes used in training (log scale:
+  the original spent 1,024 a generation), the population's mean fitness and the CMA-ES mean's
+  re-evaluation score of each run, and both at the milestones 1,024 / 2,048 / 5k / 10k / 25.6k / 51.2k
+  episodes.
+* `--task doom` (C trained in the dream): against dream episodes (the original played 64 x 16 = 1,024 a
+  generation, as our preset does), the population's mean dream fitness of each run (the original's code
+  dreamt at tau 1.25), and our CMA-ES mean's real score (the real env only watches it), at the
+  milestones of generations 10 / 25 / 50 / 100 / 200.
+
+A table value is the last one at or before the milestone; "-" where a run had not got there.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from pathlib import Path
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "reference"
 MILESTONES = (1_024, 2_048, 5_000, 10_000, 25_600, 51_200)  # the original: generations 1, 2, ~5, ~10, 25, 50
+DOOM_MILESTONES = (10_240, 25_600, 51_200, 102_400, 204_800)  # 1,024 dream episodes a generation: 10 .. 200
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:
@@ -49,9 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", nargs="+", type=Path, help="controller_curve.csv files")
     parser.add_argument("--labels", nargs="+", default=None, help="one label per curve (default: its folder)")
-    parser.add_argument("--reference", type=Path, default=REFERENCE_DIR, help="folder of carracing_paper_*.csv")
-    parser.add_argument("--out", type=Path, default=Path("docs/carracing_curve.png"))
+    parser.add_argument("--task", choices=("carracing", "doom"), default="carracing",
+                        help="which of the paper's experiments the curves are compared with")
+    parser.add_argument("--reference", type=Path, default=REFERENCE_DIR, help="folder of the *_paper_*.csv logs")
+    parser.add_argument("--out", type=Path, default=None, help="default: docs/<task>_curve.png")
     args = parser.parse_args(argv)
+    args.out = args.out or Path(f"docs/{args.task}_curve.png")
     labels = args.labels or [path.parent.name for path in args.curves]
     if len(labels) != len(args.curves):
         print(f"error: {len(labels)} labels for {len(args.curves)} curves", file=sys.stderr)
@@ -61,9 +74,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
         raise SystemExit(2)
 
-    paper_population = series(read_rows(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
-    paper_mean_eval = series(read_rows(args.reference / "carracing_paper_mean_eval.csv"), "real_episodes_in_training",
-                             "mean_params_score_1024_episodes")
+    doom = args.task == "doom"
+    if doom:
+        x, milestones, paper_population = "dream_episodes", DOOM_MILESTONES, series(
+            read_rows(args.reference / "doom_paper_dream_cmaes.csv"), "dream_episodes", "dream_population_mean")
+        paper_mean_eval: tuple[list[float], list[float]] = ([], [])  # the original logged no real score per generation
+    else:
+        x, milestones = "real_episodes", MILESTONES
+        paper_population = series(read_rows(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
+        paper_mean_eval = series(read_rows(args.reference / "carracing_paper_mean_eval.csv"), "real_episodes_in_training",
+                                 "mean_params_score_1024_episodes")
     runs = {label: read_rows(path) for label, path in zip(labels, args.curves)}
 
     import matplotlib
@@ -72,19 +92,23 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    axis.plot(*paper_population, color="grey", linewidth=1, label="original: population mean")
-    axis.plot(*paper_mean_eval, "o-", color="black", markersize=3, label="original: CMA-ES mean, 1,024 episodes")
+    axis.plot(*paper_population, color="grey", linewidth=1,
+              label="original: population mean" + (" (dream, tau 1.25)" if doom else ""))
+    if paper_mean_eval[0]:
+        axis.plot(*paper_mean_eval, "o-", color="black", markersize=3, label="original: CMA-ES mean, 1,024 episodes")
     table = [("original", paper_population, paper_mean_eval)]
     for label, rows in runs.items():
-        population = series(rows, "real_episodes", "fitness_mean")
-        mean_eval = series(rows, "real_episodes", "eval_mean_params")
-        line, = axis.plot(*population, linewidth=1, label=f"{label}: population mean")
-        axis.plot(*mean_eval, "o-", color=line.get_color(), markersize=3, label=f"{label}: CMA-ES mean, re-evaluated")
+        population = series(rows, x, "fitness_mean")
+        mean_eval = series(rows, x, "eval_mean_params")
+        line, = axis.plot(*population, linewidth=1, label=f"{label}: population mean" + (" (dream)" if doom else ""))
+        axis.plot(*mean_eval, "o-", color=line.get_color(), markersize=3,
+                  label=f"{label}: CMA-ES mean, " + ("real game" if doom else "re-evaluated"))
         table.append((label, population, mean_eval))
     axis.set_xscale("log")
-    axis.set_xlabel("real episodes used in training")
-    axis.set_ylabel("CarRacing-v3 return")
-    axis.axhline(900, color="green", linestyle=":", linewidth=1, label="solved (900)")
+    axis.set_xlabel("dream episodes played in training" if doom else "real episodes used in training")
+    axis.set_ylabel("DoomTakeCover: frames survived" if doom else "CarRacing-v3 return")
+    axis.axhline(750 if doom else 900, color="green", linestyle=":", linewidth=1,
+                 label="solved (750, real)" if doom else "solved (900)")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
@@ -94,11 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     def cell(value: float) -> str:
         return f"{value:.1f}" if math.isfinite(value) else "-"
 
-    print(f"{'run':24s} " + " ".join(f"{f'{m:,} ep: pop / mean':>26s}" for m in MILESTONES))
+    print(f"{'run':24s} " + " ".join(f"{f'{m:,} ep: pop / mean':>26s}" for m in milestones))
     for label, population, mean_eval in table:
         print(f"{label:24s} " + " ".join(
             f"{cell(value_at(*population, m)) + ' / ' + cell(value_at(*mean_eval, m, population[0][-1])):>26s}"
-            for m in MILESTONES))
+            for m in milestones))
     print(f"wrote {args.out}")
 
 
