@@ -91,6 +91,7 @@ def test_doom_runs_only_on_envpool_and_says_how_to_get_it(monkeypatch):
 def test_the_doom_preset_is_the_papers_scale():
     cfg = get_config(DOOM)
     assert (cfg.vae.latent_size, cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures) == (64, 512, 5)
+    assert cfg.mdnrnn.sequence_length == 500
     assert cfg.controller.inputs == "zch" and cfg.controller.mode == "dream"
     # The paper's C: one tanh output on [z, c, h], 64 + 512 + 512 weights and a bias.
     assert make_controller(cfg, env_action_space(cfg.env)).num_parameters == 1089
