@@ -57,14 +57,15 @@ def load_vae(cfg: Config, device: torch.device | str) -> ConvVAE:
     return model.to(device).eval()
 
 
-def vae_fingerprint(vae: nn.Module) -> str:
-    """SHA-1 of V's weights (names, dtypes, shapes, bytes): identifies the latents V produces.
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-1 of a model's weights (names, dtypes, shapes, bytes): identifies the latents a V produces, and
+    the V and M a C was trained with.
 
     Hashing the weights rather than the file's size and mtime survives copies and ignores what
     changes nothing (optimizer state, metrics).
     """
     digest = hashlib.sha1()
-    for name, tensor in sorted(vae.state_dict().items()):
+    for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -97,7 +98,7 @@ def load_mdnrnn(cfg: Config, device: torch.device | str, vae: Optional[ConvVAE] 
     path = _served_path(cfg, "mdnrnn")
     checkpoint = load_mdnrnn_checkpoint(cfg, path, device)
     require_match("action_size", checkpoint["action_size"], env_action_size(cfg), path)
-    if vae is not None and checkpoint["vae_fingerprint"] != vae_fingerprint(vae):
+    if vae is not None and checkpoint["vae_fingerprint"] != weights_fingerprint(vae):
         raise WorldModelsError(f"{path} was trained on the latents of another VAE; retrain it: python -m training.train_mdnrnn --env {cfg.env.env_id}")
     model = MDNRNN(cfg.vae.latent_size, checkpoint["action_size"], cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
     model.load_state_dict(checkpoint["model"])

@@ -224,6 +224,16 @@ def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tm
     assert rows[0]["eval_mean_params"] == "" and rows[1]["eval_mean_params"] != ""
     assert 0 < int(rows[0]["real_env_steps"]) <= per_generation * 60 < int(rows[2]["real_env_steps"])
     assert float(rows[0]["wall_seconds"]) < float(rows[1]["wall_seconds"]) < float(rows[2]["wall_seconds"])
+    # M retrained under the run: its CMA-ES state belongs to the old M, so the run refuses to go on.
+    for stage in ("mdnrnn", "mdnrnn_best"):
+        path = checkpoint_path(interrupted, stage)
+        checkpoint = torch.load(path, weights_only=True)
+        name = next(iter(checkpoint["model"]))
+        checkpoint["model"][name] = checkpoint["model"][name] + 0.01
+        torch.save(checkpoint, path)
+    interrupted.controller.generations = 4
+    with pytest.raises(WorldModelsError, match="was trained with another M .*under a new --experiment"):
+        train_controller(interrupted)
 
 
 def test_skipped_stage_without_its_output_names_the_command(smoke_config, tmp_path):

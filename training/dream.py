@@ -37,7 +37,7 @@ import torch
 from config import Config
 from models.agent import WorldModelPolicy
 from models.controller import controller_input, outputs_to_actions, population_forward
-from models.loaders import vae_fingerprint
+from models.loaders import weights_fingerprint
 from models.mdnrnn import MDNRNN, sample_next_z
 from models.vae import ConvVAE, sample_latent
 from training.latents import load_or_encode_latents, rollouts_fingerprint
@@ -117,7 +117,7 @@ def load_dream_starts(cfg: Config, vae: ConvVAE, device: torch.device) -> tuple[
         paths = require_episodes(cfg)
     except WorldModelsError:
         paths = []  # no data on this machine: only a saved file of this V's starts will do
-    fingerprints = {"vae_fingerprint": vae_fingerprint(vae)}
+    fingerprints = {"vae_fingerprint": weights_fingerprint(vae)}
     if paths:
         fingerprints["rollouts_fingerprint"] = rollouts_fingerprint(paths)
     if path.is_file():

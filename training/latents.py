@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from config import Config
-from models.loaders import vae_fingerprint
+from models.loaders import weights_fingerprint
 from models.vae import ConvVAE, frames_to_input
 from training.distributed import print_main
 from utils.data import FrameChunkLoader, load_episode
@@ -102,7 +102,7 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
     """The latent cache of `paths` under V, read from disk when its fingerprints still match, else
     encoded and written atomically."""
     path = latent_cache_path(cfg)
-    fingerprints = {"vae_fingerprint": vae_fingerprint(vae), "rollouts_fingerprint": rollouts_fingerprint(paths)}
+    fingerprints = {"vae_fingerprint": weights_fingerprint(vae), "rollouts_fingerprint": rollouts_fingerprint(paths)}
     if path.is_file():
         with np.load(path, allow_pickle=False) as archive:
             stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]

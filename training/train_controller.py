@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from config import Config
 from models.controller import CMAES
-from models.loaders import build_policy, load_controller_checkpoint, make_controller
+from models.agent import WorldModelPolicy
+from models.loaders import build_policy, load_controller_checkpoint, make_controller, weights_fingerprint
 from training.dream import dream_generator, dream_rollouts, dream_scores, dream_video, load_dream_starts, sample_start_latents
 from training.learning_curve import LearningCurve
 from training.population import run_episodes
@@ -41,6 +42,7 @@ from training.train_utils import run_cli, run_stage
 from utils.env_workers import make_env_slots
 from utils.environment import env_action_space
 from utils.envpool_envs import resolve_backend
+from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, experiment_dir, make_writer, require_match, save_checkpoint
 from utils.runtime import episode_seeds, resolve_device, seed_everything, torch_threads
 from utils.video import log_video
@@ -55,13 +57,20 @@ class ControllerRun(NamedTuple):
     curve: LearningCurve  # the generations so far and the work they spent
 
 
-def resume_controller(cfg: Config, es: CMAES, num_params: int) -> ControllerRun:
+def resume_controller(cfg: Config, es: CMAES, num_params: int, policy: WorldModelPolicy) -> ControllerRun:
     """Replay the checkpoint's fitness history into `es` (CMA-ES is deterministic given its seed and
     fitnesses) and return where the run stands; a fresh run when there is no checkpoint."""
     path = checkpoint_path(cfg, "controller")
     if not path.is_file():
         return ControllerRun(0, np.zeros(num_params, np.float32), -np.inf, LearningCurve())
     checkpoint = load_controller_checkpoint(cfg)
+    # A C's CMA-ES state means something only for the V and M it was trained with (in the dream, the M it
+    # was trained in): after either is retrained, resuming would mix two different problems' fitnesses.
+    for stage, model in (("vae", policy.vae), ("mdnrnn", policy.mdnrnn)):
+        saved = checkpoint.get(f"{stage}_fingerprint")  # checkpoints before 2026-11-30 have none
+        if saved is not None and saved != weights_fingerprint(model):
+            raise WorldModelsError(f"{path} was trained with another {'V' if stage == 'vae' else 'M'} (it has been "
+                                   f"retrained since): move that checkpoint away, or train C under a new --experiment")
     require_match("controller parameters", int(checkpoint["best_params"].numel()), num_params, path)
     require_match("controller.population_size", checkpoint["config"]["controller"]["population_size"],
                   cfg.controller.population_size, path)
@@ -82,7 +91,8 @@ def train_controller(cfg: Config) -> Path:
     num_params = make_controller(cfg, action_space).num_parameters
     es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed, weight_decay=c.weight_decay)
     path = checkpoint_path(cfg, "controller")
-    start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params)
+    start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params, policy)
+    vae_fingerprint, mdnrnn_fingerprint = weights_fingerprint(policy.vae), weights_fingerprint(policy.mdnrnn)
     if start_generation >= c.generations:
         print(f"controller: {path} already has {start_generation} generations (best score {best_score:.1f}); nothing to do")
         return path
@@ -183,6 +193,7 @@ def train_controller(cfg: Config) -> Path:
                     generation=step,
                     curve=curve.as_tensor(),
                     layer_shapes=[list(shape) for shape in policy.layer_shapes],
+                    vae_fingerprint=vae_fingerprint, mdnrnn_fingerprint=mdnrnn_fingerprint,
                     metrics={"fitness_mean": float(fitness.mean()), "fitness_best": float(fitness.max()),
                              "sigma": es.sigma, **last_eval},
                 )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from config import Config
-from models.loaders import env_action_size, load_mdnrnn_checkpoint, load_vae, vae_fingerprint
+from models.loaders import env_action_size, load_mdnrnn_checkpoint, load_vae, weights_fingerprint
 from models.mdnrnn import MDNRNN, MDNOutput, masked_mean, mdnrnn_loss, mixture_mean
 from models.vae import ConvVAE, frames_to_input
 from training.distributed import DistributedContext, print_main
@@ -193,7 +193,7 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
     device = world.device
     per_rank_batch = world.per_rank_batch(m.batch_size, "mdnrnn.batch_size")
     vae = load_vae(cfg, device)  # refuses a V of another env or latent size
-    fingerprint = vae_fingerprint(vae)
+    fingerprint = weights_fingerprint(vae)
     actions_width = env_action_size(cfg)
     model = MDNRNN(cfg.vae.latent_size, actions_width, m.hidden_size, m.num_mixtures).to(device)
     identity = dict(latent_size=cfg.vae.latent_size, action_size=actions_width, vae_fingerprint=fingerprint)
