@@ -107,7 +107,8 @@ def run_iterations(cfg: Config, iterations: int, force: frozenset[str] = frozens
         print(f"==== iteration {iteration} of {iterations}: {step.experiment_name}")
         outputs.append(run_pipeline(step, force=force))
         score = load_checkpoint(outputs[-1]["controller"], "controller", step.env.env_id)["best_score"]
-        print(f"==== iteration {iteration}: kept-best controller scores {score:.1f} in the real env")
+        where = "inside M (dream mode: the real env only watched)" if step.controller.mode == "dream" else "in the real env"
+        print(f"==== iteration {iteration}: kept-best controller scores {score:.1f} {where}")
     return outputs
 
 

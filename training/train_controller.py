@@ -17,8 +17,8 @@ decides which parameters are kept plays inside M too (`dream_scores`, as many dr
 generation). The real environment only watches: the same two candidates play `eval_episodes` real
 episodes, logged as `controller/eval_score_*` beside `controller/dream_eval_score_*` and
 `controller/dream_fitness_*`, so a dream score that climbs while the real one does not is M being
-exploited, seen as it happens, without the real score ever steering C. Every `video_every` generations the dream of
-the generation's best candidate is decoded by V into `videos/<experiment>/dream_genNNNN.mp4`.
+exploited, seen as it happens, without the real score ever steering C. Every `video_every` generations
+the dream of the generation's best candidate is decoded by V into `videos/<experiment>/dream_genNNNN.mp4`.
 """
 
 from __future__ import annotations
