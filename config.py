@@ -304,8 +304,9 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         "vae.epochs": 5,
         "mdnrnn.hidden_size": 512,
         "mdnrnn.num_mixtures": 5,
-        # Whole episodes from their first frame (the mean is about 300 frames), as the paper's code trained
-        # on sequences of 500: the dream runs M from an episode's start for up to 2,100 steps.
+        # Whole episodes from their first frame (the mean is about 300 frames), as a published config of the
+        # paper's Doom set-up trains on sequences of 500: the dream runs M from an episode's start for up to
+        # 2,100 steps.
         "mdnrnn.sequence_length": 500,
         "controller.inputs": "zch",
         "controller.action_mapping": "doom_paper",  # one tanh output: 1,088 + 1 parameters, as the paper's C

@@ -33,6 +33,7 @@ from config import Config, EnvConfig, canonical_env_id
 from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
 from models.ppo_agent import PPOAgent
 from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
+from training.learning_curve import read_curve_csv
 from training.population import run_episodes
 from training.ppo_envs import make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
@@ -338,8 +339,7 @@ def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]
     curve_path = checkpoint_path(cfg, "controller").with_name("controller_curve.csv")
     if curve_path.is_file():
         collected = sum(len(load_episode(path, keys=("rewards",))["rewards"]) for path in require_episodes(cfg))
-        with open(curve_path, newline="") as handle:
-            curve = [{key: float(value) if value else math.nan for key, value in row.items()} for row in csv.DictReader(handle)]
+        curve = read_curve_csv(curve_path)
         steps = collected + np.array([row["real_env_steps"] for row in curve])
         series["world_models: population mean"] = (steps, np.array([row["fitness_mean"] for row in curve]))
         evaluated = [i for i, row in enumerate(curve) if math.isfinite(row["eval_mean_params"])]

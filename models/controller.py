@@ -118,8 +118,8 @@ def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = F
 
     Discrete: one-hot of the argmax (or of a softmax sample); `mapping="doom_paper"`: outputs (E, 1),
     whose tanh in [-1, -1/3) | [-1/3, 1/3) | [1/3, 1] is left | stay | right (`DOOM_PAPER_ACTIONS`).
-    Box, `mapping="squash"`: each dimension squashed into its bounds, low + (tanh(x) + 1) / 2 * (high - low) (for CarRacing: steering tanh, gas
-    and brake (tanh + 1) / 2, so an output of 0 brakes at 0.5). `mapping="carracing_paper"`: the paper
+    Box, `mapping="squash"`: each dimension squashed into its bounds, low + (tanh(x) + 1) / 2 * (high - low)
+    (for CarRacing: steering tanh, gas and brake (tanh + 1) / 2, so an output of 0 brakes at 0.5). `mapping="carracing_paper"`: the paper
     code's CarRacing mapping, steering tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1) (no brake for
     half of the output range).
     """

@@ -23,21 +23,17 @@ A table value is the last one at or before the milestone; "-" where a run had no
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.learning_curve import read_curve_csv  # noqa: E402
+
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "reference"
 MILESTONES = (1_024, 2_048, 5_000, 10_000, 25_600, 51_200)  # the original: generations 1, 2, ~5, ~10, 25, 50
 DOOM_MILESTONES = (10_240, 25_600, 51_200, 102_400, 204_800)  # 1,024 dream episodes a generation: 10 .. 200
-
-
-def read_rows(path: Path) -> list[dict[str, float]]:
-    """A CSV as rows of floats (an empty cell is nan)."""
-    with open(path, newline="") as handle:
-        return [{key: float(value) if value != "" else math.nan for key, value in row.items()}
-                for row in csv.DictReader(handle)]
 
 
 def series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -77,14 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     doom = args.task == "doom"
     if doom:
         x, milestones, paper_population = "dream_episodes", DOOM_MILESTONES, series(
-            read_rows(args.reference / "doom_paper_dream_cmaes.csv"), "dream_episodes", "dream_population_mean")
+            read_curve_csv(args.reference / "doom_paper_dream_cmaes.csv"), "dream_episodes", "dream_population_mean")
         paper_mean_eval: tuple[list[float], list[float]] = ([], [])  # the original logged no real score per generation
     else:
         x, milestones = "real_episodes", MILESTONES
-        paper_population = series(read_rows(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
-        paper_mean_eval = series(read_rows(args.reference / "carracing_paper_mean_eval.csv"), "real_episodes_in_training",
+        paper_population = series(read_curve_csv(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
+        paper_mean_eval = series(read_curve_csv(args.reference / "carracing_paper_mean_eval.csv"), "real_episodes_in_training",
                                  "mean_params_score_1024_episodes")
-    runs = {label: read_rows(path) for label, path in zip(labels, args.curves)}
+    runs = {label: read_curve_csv(path) for label, path in zip(labels, args.curves)}
 
     import matplotlib
 

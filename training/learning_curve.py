@@ -69,3 +69,10 @@ class LearningCurve:
                                                            "dream_episodes") else f"{value:.6g}")
                                  for column, value in zip(CURVE_COLUMNS, row)])
         return path
+
+
+def read_curve_csv(path: Path) -> list[dict[str, float]]:
+    """A `controller_curve.csv` (or any numeric CSV) as rows of floats; an empty cell is nan."""
+    with open(path, newline="") as handle:
+        return [{key: float(value) if value != "" else math.nan for key, value in row.items()}
+                for row in csv.DictReader(handle)]

@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from config import Config
 from models.controller import CMAES
-from models.agent import WorldModelPolicy
 from models.loaders import build_policy, load_controller_checkpoint, make_controller, weights_fingerprint
 from training.dream import dream_generator, dream_rollouts, dream_scores, dream_video, load_dream_starts, sample_start_latents
 from training.learning_curve import LearningCurve
@@ -57,20 +56,21 @@ class ControllerRun(NamedTuple):
     curve: LearningCurve  # the generations so far and the work they spent
 
 
-def resume_controller(cfg: Config, es: CMAES, num_params: int, policy: WorldModelPolicy) -> ControllerRun:
+def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dict[str, str]) -> ControllerRun:
     """Replay the checkpoint's fitness history into `es` (CMA-ES is deterministic given its seed and
-    fitnesses) and return where the run stands; a fresh run when there is no checkpoint."""
+    fitnesses) and return where the run stands; a fresh run when there is no checkpoint. `fingerprints`:
+    {"vae_fingerprint", "mdnrnn_fingerprint"} of the V and M this run trains C with."""
     path = checkpoint_path(cfg, "controller")
     if not path.is_file():
         return ControllerRun(0, np.zeros(num_params, np.float32), -np.inf, LearningCurve())
     checkpoint = load_controller_checkpoint(cfg)
     # A C's CMA-ES state means something only for the V and M it was trained with (in the dream, the M it
     # was trained in): after either is retrained, resuming would mix two different problems' fitnesses.
-    for stage, model in (("vae", policy.vae), ("mdnrnn", policy.mdnrnn)):
-        saved = checkpoint.get(f"{stage}_fingerprint")  # checkpoints before 2026-11-30 have none
-        if saved is not None and saved != weights_fingerprint(model):
-            raise WorldModelsError(f"{path} was trained with another {'V' if stage == 'vae' else 'M'} (it has been "
-                                   f"retrained since): move that checkpoint away, or train C under a new --experiment")
+    for key, fingerprint in fingerprints.items():
+        saved = checkpoint.get(key)  # checkpoints before 2026-11-30 have none
+        if saved is not None and saved != fingerprint:
+            raise WorldModelsError(f"{path} was trained with another {'V' if key.startswith('vae') else 'M'} (it has "
+                                   f"been retrained since): move that checkpoint away, or train C under a new --experiment")
     require_match("controller parameters", int(checkpoint["best_params"].numel()), num_params, path)
     require_match("controller.population_size", checkpoint["config"]["controller"]["population_size"],
                   cfg.controller.population_size, path)
@@ -91,8 +91,8 @@ def train_controller(cfg: Config) -> Path:
     num_params = make_controller(cfg, action_space).num_parameters
     es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed, weight_decay=c.weight_decay)
     path = checkpoint_path(cfg, "controller")
-    start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params, policy)
-    vae_fingerprint, mdnrnn_fingerprint = weights_fingerprint(policy.vae), weights_fingerprint(policy.mdnrnn)
+    fingerprints = {"vae_fingerprint": weights_fingerprint(policy.vae), "mdnrnn_fingerprint": weights_fingerprint(policy.mdnrnn)}
+    start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params, fingerprints)
     if start_generation >= c.generations:
         print(f"controller: {path} already has {start_generation} generations (best score {best_score:.1f}); nothing to do")
         return path
@@ -193,7 +193,7 @@ def train_controller(cfg: Config) -> Path:
                     generation=step,
                     curve=curve.as_tensor(),
                     layer_shapes=[list(shape) for shape in policy.layer_shapes],
-                    vae_fingerprint=vae_fingerprint, mdnrnn_fingerprint=mdnrnn_fingerprint,
+                    **fingerprints,
                     metrics={"fitness_mean": float(fitness.mean()), "fitness_best": float(fitness.max()),
                              "sigma": es.sigma, **last_eval},
                 )
@@ -213,8 +213,7 @@ def train_controller(cfg: Config) -> Path:
     finally:
         pool.close()
         writer.close()
-    where = (f"{c.population_size * c.rollouts_per_candidate // 2} dream episodes" if dream
-             else f"{c.eval_episodes} evaluation episodes")
+    where = "its re-evaluation inside M" if dream else f"{c.eval_episodes} evaluation episodes"
     print(f"controller: best score {best_score:.1f} over {where}; checkpoint {path}")
     return path
 
