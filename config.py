@@ -130,6 +130,7 @@ class MDNRNNConfig:
     val_fraction: float = 0.05  # share of episodes held out for validation
     max_steps_per_epoch: int = 0  # 0 = about one pass over the training frames per epoch
     train: bool = True  # false = keep M untrained (the paper's ablation)
+    init_from: str = ""  # an experiment whose trained M (on this V) starts training instead of random weights
     amp: bool = True  # autocast on CUDA (bf16 where supported, fp16 + GradScaler otherwise)
     encode_batch_size: int = 512  # frames per VAE forward pass when building the latent cache
 

@@ -1,9 +1,12 @@
 """What DoomTakeCover-v0's stages cost on this machine, to plan its run: collection frames/s and dream steps/s.
 
-    python benchmarks/doom.py             # about 40 s (needs EnvPool)
+    python benchmarks/doom.py             # about 1.5 min (needs EnvPool)
 
 Collection: `play_episodes` with the preset's `repeat` random policy, 32 episodes on EnvPool (one pool per
-env, `OneEnvPools`), episode files not written. Dream: stage 4's `dream_rollouts` for the preset's scale
+env, `OneEnvPools`), episode files not written. Then collection by an agent (the iterative procedure's
+data): the preset's V, M and C (untrained weights: the same compute) with 10% exploration, 16 episodes of
+at most 200 frames, played by one `WorldModelAgent` per episode (a model batch of one per env step) and by
+one `WorldModelAgents` for all 16 (one batch); both play the same episodes, and the ratio is printed. Dream: stage 4's `dream_rollouts` for the preset's scale
 (z 64, LSTM 512, 5 mixtures, linear C on [z, c, h]) with untrained weights, batches of 256 and of 1,024
 rollouts (the paper's 64 x 16) for 200 steps; M's done logit is pinned at -20 so every rollout runs all
 200 steps. Speed does not depend on the weights otherwise.
@@ -20,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from config import get_config  # noqa: E402
+from models.agent import WorldModelAgent, WorldModelPolicy  # noqa: E402
 from models.loaders import make_controller  # noqa: E402
 from models.mdnrnn import MDNRNN  # noqa: E402
+from models.vae import ConvVAE  # noqa: E402
 from training.dream import dream_rollouts  # noqa: E402
 from utils.envpool_envs import play_episodes  # noqa: E402
 from utils.environment import RandomAgent, env_action_space  # noqa: E402
@@ -38,14 +43,34 @@ def main() -> None:
     print(f"collect: {len(seeds)} episodes, {frames} frames in {seconds:.1f} s: {frames / seconds:.0f} frames/s, "
           f"mean length {frames / len(seeds):.0f}")
 
-    torch.manual_seed(0)
+    c = cfg.controller
+    controller = make_controller(cfg, space)
+    params = torch.randn(controller.num_parameters, generator=torch.Generator().manual_seed(0)) * 0.1
+
+    def make_agent() -> WorldModelAgent:  # the same weights every time; its own V, M and random generator
+        torch.manual_seed(0)
+        mdnrnn = MDNRNN(cfg.vae.latent_size, int(space.n), cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
+        policy = WorldModelPolicy(ConvVAE(cfg.vae.latent_size), mdnrnn, controller.layer_shapes, space, c.inputs,
+                                  exploration=0.1, action_mapping=c.action_mapping)
+        return WorldModelAgent(policy, params)
+
+    capped = get_config("DoomTakeCover-v0", overrides=["env.max_episode_steps=200"]).env
+    seeds = list(range(16))
+    rates = {}
+    for label, agents in (("one agent per episode", [make_agent() for _ in seeds]),
+                          ("one batched agent", make_agent().for_episodes(len(seeds)))):
+        started = time.perf_counter()
+        frames = sum(episode.length for _, episode in play_episodes(capped, agents, seeds))
+        rates[label] = frames / (time.perf_counter() - started)
+        print(f"collect by an agent, {label}: {len(seeds)} episodes, {frames} frames: {rates[label]:.0f} frames/s")
+    print(f"collect by an agent: batched / per episode = {rates['one batched agent'] / rates['one agent per episode']:.2f}x")
+
     latent, hidden = cfg.vae.latent_size, cfg.mdnrnn.hidden_size
     actions = int(space.n)
     mdnrnn = MDNRNN(latent, actions, hidden, cfg.mdnrnn.num_mixtures).eval()
     with torch.no_grad():
         mdnrnn.head.weight[-1] = 0.0
         mdnrnn.head.bias[-1] = -20.0  # the done logit: no rollout ends before the step cap
-    controller = make_controller(cfg, space)
     for rollouts in (256, 1024):
         params = torch.randn(rollouts, controller.num_parameters) * 0.1
         started = time.perf_counter()

@@ -21,6 +21,7 @@ from models.controller import controller_input, explore_actions, outputs_to_acti
 from models.mdnrnn import MDNRNN, Hidden, mixture_mean
 from models.vae import ConvVAE, PosteriorMeanEncoder, frames_to_input
 from utils.actions import vectors_to_actions
+from utils.runtime import draw_rows
 
 
 class PolicyStep(NamedTuple):
@@ -58,26 +59,33 @@ class WorldModelPolicy:
         return self.mdnrnn.initial_state(num_episodes, self.device)
 
     @torch.no_grad()
-    def act(self, frames: np.ndarray, params: torch.Tensor, hidden: Hidden) -> PolicyStep:
-        """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H)."""
+    def act(self, frames: np.ndarray, params: torch.Tensor, hidden: Hidden,
+            generators: Optional[Sequence[torch.Generator]] = None) -> PolicyStep:
+        """frames: (E, 64, 64, 3) uint8; params: (E, N) float32 on the device; hidden: (h, c) each (1, E, H).
+
+        The random draws (`sample_z`, `sample_actions`, `exploration`) come from `self.generator` for the
+        batch, or with `generators` from episode e's own generator (`WorldModelAgents`)."""
+        source = self.generator if generators is None else generators
         x = frames_to_input(frames, self.device, channels_last=True)
         if self.sample_z:
             mu, logvar = self.encoder.posterior(x)
-            noise = torch.randn(mu.shape, generator=self.generator, device=self.device, dtype=mu.dtype)
+            noise = draw_rows(source, len(mu), lambda g, span: torch.randn(
+                (len(span), *mu.shape[1:]), generator=g, device=self.device, dtype=mu.dtype))
             z = (mu + torch.exp(0.5 * logvar) * noise).float()
         else:
             z = self.encoder(x).float()
         outputs = population_forward(self.layer_shapes, params, controller_input(z, hidden, self.inputs))
-        action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, self.generator,
+        action_vectors = outputs_to_actions(outputs, self.action_space, self.sample_actions, source,
                                             self.action_mapping)
-        action_vectors = explore_actions(action_vectors, self.action_space, self.exploration, self.generator)
+        action_vectors = explore_actions(action_vectors, self.action_space, self.exploration, source)
         prediction, next_hidden = self.mdnrnn.step(z, action_vectors, hidden)
         env_actions = vectors_to_actions(action_vectors.cpu().numpy(), self.action_space)
         return PolicyStep(env_actions, action_vectors, next_hidden, z, mixture_mean(prediction.log_pi, prediction.mu))
 
 
 class WorldModelAgent:
-    """One episode at a time: `reset(seed)`, then `act(frame) -> env action` each step."""
+    """One episode at a time: `reset(seed)`, then `act(frame) -> env action` each step. `for_episodes(n)`
+    gives the same agent for n episodes at once."""
 
     def __init__(self, policy: WorldModelPolicy, params: torch.Tensor | np.ndarray):
         self.policy = policy
@@ -93,3 +101,36 @@ class WorldModelAgent:
         self.last_step = self.policy.act(frame[None], self.params, self.hidden)
         self.hidden = self.last_step.hidden
         return self.last_step.env_actions[0]
+
+    def for_episodes(self, count: int) -> "WorldModelAgents":
+        return WorldModelAgents(self.policy, self.params, count)
+
+
+class WorldModelAgents:
+    """One C (and V, M) playing `count` episodes that step together: one V encode and one M step per env
+    step for all of them, where `count` `WorldModelAgent`s would run `count` batches of one.
+
+    Episode i has its own M state and its own random generator, seeded by `reset(i, seed)` as
+    `WorldModelAgent.reset(seed)` seeds its one: episode i plays exactly what a `WorldModelAgent` reset with
+    the same seed plays, whichever episodes share its batch (exploration noise included).
+    """
+
+    def __init__(self, policy: WorldModelPolicy, params: torch.Tensor | np.ndarray, count: int):
+        self.policy, self.count = policy, count
+        self.params = torch.as_tensor(np.asarray(params), dtype=torch.float32, device=policy.device).reshape(1, -1)
+        self.hidden = policy.initial_state(count)
+        self.generators = [torch.Generator(device=policy.device) for _ in range(count)]
+
+    def reset(self, index: int, seed: int) -> None:
+        """Start episode `index` afresh: zero M state, its generator seeded with `seed`."""
+        self.hidden[0][:, index] = 0.0
+        self.hidden[1][:, index] = 0.0
+        self.generators[index].manual_seed(int(seed))
+
+    def act(self, indices: Sequence[int], frames: np.ndarray) -> list[Any]:
+        """frames: (len(indices), 64, 64, 3) uint8, episode indices[k]'s frame in row k -> their env actions."""
+        rows = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.policy.device)
+        step = self.policy.act(frames, self.params.expand(len(rows), -1), (self.hidden[0][:, rows], self.hidden[1][:, rows]),
+                               [self.generators[int(i)] for i in indices])
+        self.hidden[0][:, rows], self.hidden[1][:, rows] = step.hidden
+        return step.env_actions

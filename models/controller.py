@@ -21,6 +21,7 @@ from torch import nn
 from config import CONTROLLER_INPUTS
 from utils.actions import action_size
 from utils.errors import WorldModelsError
+from utils.runtime import RandomSource, draw_rows
 
 # EnvPool's TakeCover pairs its two buttons as [none, MOVE_RIGHT, MOVE_LEFT] (how envpool/vizdoom/utils.h
 # builds a combined action set; checked here by the way the view shifts): the action of each third of
@@ -113,7 +114,7 @@ def population_forward(layer_shapes: Sequence[tuple[int, int]], params: torch.Te
 
 
 def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = False,
-                       generator: Optional[torch.Generator] = None, mapping: str = "squash") -> torch.Tensor:
+                       generator: RandomSource = None, mapping: str = "squash") -> torch.Tensor:
     """Raw outputs (E, A) -> action vectors (E, A) float32 in the format M and the data use.
 
     Discrete: one-hot of the argmax (or of a softmax sample); `mapping="doom_paper"`: outputs (E, 1),
@@ -133,7 +134,9 @@ def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = F
         return nn.functional.one_hot(choice, 3).float()
     if isinstance(space, gym.spaces.Discrete):
         if sample:
-            choice = torch.multinomial(torch.softmax(outputs.float(), dim=-1), 1, generator=generator).squeeze(1)
+            probs = torch.softmax(outputs.float(), dim=-1)
+            choice = draw_rows(generator, len(probs), lambda g, span: torch.multinomial(
+                probs[span.start : span.stop], 1, generator=g)).squeeze(1)
         else:
             choice = outputs.argmax(dim=-1)
         return nn.functional.one_hot(choice, outputs.shape[-1]).float()
@@ -147,9 +150,8 @@ def outputs_to_actions(outputs: torch.Tensor, space: gym.Space, sample: bool = F
     return low + (torch.tanh(outputs) + 1.0) / 2.0 * (high - low)
 
 
-
 def explore_actions(action_vectors: torch.Tensor, space: gym.Space, amount: float,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                    generator: RandomSource = None) -> torch.Tensor:
     """Exploration noise on action vectors (E, A), for collecting data with a trained C.
 
     Discrete: each episode's one-hot is replaced by a uniformly random one with probability `amount`
@@ -160,14 +162,18 @@ def explore_actions(action_vectors: torch.Tensor, space: gym.Space, amount: floa
         return action_vectors
     device, (episodes, width) = action_vectors.device, action_vectors.shape
     if isinstance(space, gym.spaces.Discrete):
-        random_choice = torch.randint(width, (episodes,), generator=generator, device=device)
-        replace = torch.rand(episodes, generator=generator, device=device) < amount
-        random_one_hot = nn.functional.one_hot(random_choice, width).float()
-        return torch.where(replace[:, None], random_one_hot, action_vectors)
+        def choice_and_coin(g: Optional[torch.Generator], span: range) -> torch.Tensor:  # (n, 2): action, coin
+            return torch.stack([torch.randint(width, (len(span),), generator=g, device=device).float(),
+                                torch.rand(len(span), generator=g, device=device)], dim=1)
+        draws = draw_rows(generator, episodes, choice_and_coin)
+        random_one_hot = nn.functional.one_hot(draws[:, 0].long(), width).float()
+        return torch.where((draws[:, 1] < amount)[:, None], random_one_hot, action_vectors)
     low = torch.as_tensor(space.low, dtype=torch.float32, device=device)
     high = torch.as_tensor(space.high, dtype=torch.float32, device=device)
-    noise = torch.randn(action_vectors.shape, generator=generator, device=device) * amount * (high - low) / 2.0
+    noise = draw_rows(generator, episodes, lambda g, span: torch.randn((len(span), width), generator=g, device=device))
+    noise = noise * amount * (high - low) / 2.0
     return torch.clamp(action_vectors + noise, low, high)
+
 
 class CMAES:
     """CMA-ES through the `cma` package, maximising fitness, with a checkpoint that holds no pickle.

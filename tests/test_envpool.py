@@ -17,6 +17,7 @@ pytest.importorskip("envpool")
 from config import get_config  # noqa: E402
 from models.agent import WorldModelAgent  # noqa: E402
 from tests.conftest import isolate, kill_mid_collection  # noqa: E402
+from benchmarks.common import untrained_policy  # noqa: E402
 from training.population import run_episodes  # noqa: E402
 from utils.data import list_episodes, load_episode, load_episode_metadata  # noqa: E402
 from utils.envpool_envs import EnvPoolBatch, EnvPoolSlots, play_episodes, resolve_backend  # noqa: E402
@@ -303,3 +304,21 @@ def test_stage_4_records_the_frames_of_its_first_episode_as_they_were_played(tmp
     (_, alone), = play_episodes(cfg.env, [WorldModelAgent(policy, params[0])], [8])
     assert len(recorded) == lengths[0]
     np.testing.assert_array_equal(recorded, alone.obs)
+
+
+@pytest.mark.parametrize("env_id", ["CarRacing-v3", "LunarLander-v3"])
+def test_one_agent_batched_over_episodes_plays_each_as_it_would_alone(tmp_path, env_id):
+    # Exploration noise and sampled z are drawn per episode, so sharing a batch changes no episode.
+    cfg = envpool_config(tmp_path, env_id, ["env.max_episode_steps=40"])
+    policy, num_params = untrained_policy(cfg, env_action_space(cfg.env))
+    policy.exploration, policy.sample_z = 0.5, True
+    params = np.random.default_rng(2).normal(0, 0.5, num_params).astype(np.float32)
+    seeds = [4, 5, 6]
+    batched = dict(play_episodes(cfg.env, WorldModelAgent(policy, params).for_episodes(len(seeds)), seeds))
+    for index, seed in enumerate(seeds):
+        (_, alone), = play_episodes(cfg.env, [WorldModelAgent(policy, params)], [seed])
+        np.testing.assert_array_equal(batched[index].actions, alone.actions)
+        np.testing.assert_array_equal(batched[index].obs, alone.obs)
+    policy.exploration = 0.0  # the noise was there: without it the same seed plays other actions
+    (_, plain), = play_episodes(cfg.env, [WorldModelAgent(policy, params)], [seeds[0]])
+    assert not np.array_equal(plain.actions[:10], batched[0].actions[:10])

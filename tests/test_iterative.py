@@ -62,6 +62,27 @@ def test_collecting_with_a_trained_controller_replays_the_agent(trained_lunar):
     env.close()
 
 
+def test_collecting_on_envpool_batches_the_agent_and_keeps_each_episode_its_own(trained_lunar):
+    """EnvPool collection plays a batch of episodes with one agent (`WorldModelAgents`); with exploration
+    noise each stored episode is still the one agent's episode from its seed, played alone."""
+    pytest.importorskip("envpool")
+    from utils.envpool_envs import play_episodes
+
+    overrides = ["env.max_episode_steps=50", "collect.policy=controller", "collect.controller_experiment=lunarlander-v3",
+                 "collect.exploration=0.3", "collect.num_rollouts=3", "env.backend=envpool"]
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides), trained_lunar)
+    cfg.experiment.name = "collected-on-envpool"
+    folder = collect(cfg)
+    source = isolate(get_config("LunarLander-v3", preset="smoke", overrides=overrides[:1] + overrides[-1:]), trained_lunar)
+    agent = load_world_model_agent(source, torch.device("cpu"), exploration=0.3)
+    for path in list_episodes(folder):
+        seed = load_episode_metadata(path)["seed"]
+        (_, alone), = play_episodes(cfg.env, [agent], [seed])
+        stored = load_episode(path)
+        np.testing.assert_array_equal(stored["actions"], alone.actions)
+        np.testing.assert_array_equal(stored["obs"], alone.obs)
+
+
 def test_collecting_with_a_controller_needs_its_experiment(smoke_config):
     # get_config refuses it, so the stage never starts.
     with pytest.raises(WorldModelsError, match="collect.controller_experiment"):

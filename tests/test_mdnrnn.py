@@ -295,3 +295,33 @@ def test_load_mdnrnn_refuses_m_trained_on_another_vae(experiment):
         vae.fc_mu.weight.mul_(2.0)
     with pytest.raises(WorldModelsError, match="latents of another VAE"):
         load_mdnrnn(cfg, "cpu", vae=vae)
+
+
+def test_init_from_starts_from_another_experiments_m_on_the_same_v(experiment):
+    source = experiment("round1")
+    train_mdnrnn(source)
+    # A learning rate of 1e-12 moves no weight by more than ~1e-11 (Adam's steps are ~lr): what comes out
+    # is what went in, so the M trained on went in.
+    continued = experiment("round2", ["mdnrnn.init_from=round1", "mdnrnn.learning_rate=1e-12"])
+    train_mdnrnn(continued)
+    start, after = load_mdnrnn(source, "cpu").state_dict(), load_mdnrnn(continued, "cpu").state_dict()
+    for name, value in start.items():
+        assert_close(after[name], value)
+    scratch = experiment("scratch", ["mdnrnn.learning_rate=1e-12"])
+    train_mdnrnn(scratch)
+    assert (load_mdnrnn(scratch, "cpu").state_dict()["lstm.weight_ih_l0"] - start["lstm.weight_ih_l0"]).abs().max() > 1e-3
+
+
+def test_init_from_refuses_an_m_of_another_v(experiment):
+    source = experiment("other_v_source")
+    train_mdnrnn(source)
+    cfg = experiment("other_v", ["mdnrnn.init_from=other_v_source"])
+    vae_path = checkpoint_path(cfg, "vae")
+    checkpoint = load_checkpoint(vae_path, "vae")
+    checkpoint["model"]["fc_mu.weight"] = checkpoint["model"]["fc_mu.weight"] * 2.0
+    torch.save(checkpoint, vae_path)
+    for best in vae_path.parent.glob("vae_best.pt"):
+        best.unlink()
+    with pytest.raises(WorldModelsError, match="latents of another VAE") as error:
+        train_mdnrnn(cfg)
+    assert "\n" not in str(error.value)

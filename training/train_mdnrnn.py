@@ -23,6 +23,7 @@ step equals one process's in expectation. Rank 0 validates and writes the checkp
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from config import Config
-from models.loaders import env_action_size, load_mdnrnn_checkpoint, load_vae, weights_fingerprint
+from models.loaders import env_action_size, load_mdnrnn, load_mdnrnn_checkpoint, load_vae, weights_fingerprint
 from models.mdnrnn import MDNRNN, MDNOutput, masked_mean, mdnrnn_loss, mixture_mean
 from models.vae import ConvVAE, frames_to_input
 from training.distributed import DistributedContext, print_main
@@ -208,6 +209,7 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
         return last_path
 
     loop = EpochLoop("mdnrnn", cfg, world, model, m.learning_rate, m.amp, m.epochs)
+    resumed = False
     if loop.last_path.is_file():
         checkpoint = load_mdnrnn_checkpoint(cfg, loop.last_path, device)
         require_match("action_size", checkpoint["action_size"], actions_width, loop.last_path)
@@ -217,6 +219,15 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
                 loop.best_path.unlink(missing_ok=True)
         elif not loop.resume(checkpoint):
             return loop.last_path
+        else:
+            resumed = True
+    if m.init_from and not resumed:
+        # The iterative procedure with V kept: M goes on learning from the last round's M on the new data
+        # (its union with the old) rather than starting over. load_mdnrnn refuses an M of another V.
+        source = copy.deepcopy(cfg)
+        source.experiment.name = m.init_from
+        model.load_state_dict(load_mdnrnn(source, device, vae).state_dict())
+        print_main(f"mdnrnn: starting from the M of experiment {m.init_from!r}")
     train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
     paths = require_episodes(cfg)

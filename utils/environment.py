@@ -265,7 +265,11 @@ def _collect_with_envpool(cfg: Config, folder: Path, pending: list[int],
     action_space = env_action_space(cfg.env)
     for first in range(0, len(pending), ENVPOOL_COLLECT_BATCH):
         indices = pending[first : first + ENVPOOL_COLLECT_BATCH]
-        agents = [make_agent(cfg, action_space) for _ in indices]
+        agent = make_agent(cfg, action_space)
+        # An agent that can play many episodes in one batch (a trained World Models agent) does; others
+        # get one copy per episode.
+        agents = (agent.for_episodes(len(indices)) if hasattr(agent, "for_episodes")
+                  else [agent] + [make_agent(cfg, action_space) for _ in indices[1:]])
         seeds = [collect_episode_seed(cfg, index) for index in indices]
         for position, episode in play_episodes(cfg.env, agents, seeds):
             save_episode(episode_path(folder, indices[position]), episode, cfg.env.env_id, cfg.collect.policy,

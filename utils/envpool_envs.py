@@ -29,7 +29,7 @@ import importlib.util
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -268,23 +268,47 @@ def _action_batch(actions: Sequence[Any], space: gym.Space) -> np.ndarray:
     return np.asarray(actions, dtype=np.float32).reshape(len(actions), *space.shape)
 
 
-def play_episodes(env_cfg: EnvConfig, agents: Sequence[Any], seeds: Sequence[int], record: bool = True,
+class EpisodeBatchAgent(Protocol):
+    """An agent that acts in several episodes at once (`models.agent.WorldModelAgents`: one model call for
+    all of them). Episode i must depend on its seed only, not on which episodes share the batch."""
+
+    def reset(self, index: int, seed: int) -> None: ...
+
+    def act(self, indices: Sequence[int], frames: np.ndarray) -> list[Any]: ...
+
+
+class AgentPerEpisode:
+    """`EpisodeBatchAgent` over one `reset(seed)` / `act(frame)` agent per episode."""
+
+    def __init__(self, agents: Sequence[Any]):
+        self.agents = agents
+
+    def reset(self, index: int, seed: int) -> None:
+        self.agents[index].reset(seed)
+
+    def act(self, indices: Sequence[int], frames: np.ndarray) -> list[Any]:
+        return [self.agents[i].act(frame) for i, frame in zip(indices, frames)]
+
+
+def play_episodes(env_cfg: EnvConfig, agents: Sequence[Any] | EpisodeBatchAgent, seeds: Sequence[int], record: bool = True,
                   num_threads: int = 0) -> Iterator[tuple[int, Episode]]:
-    """Play episode i with agents[i] from seeds[i], all in one EnvPool batch; yield (i, Episode) as each
-    ends. Each agent is reset with its episode's seed, as `run_episode` does, so an episode depends on
-    (seed, agent) only. Without `record`, episodes carry rewards and terminal flags but no frames."""
+    """Play episode i from seeds[i] with agents[i] (or with a batch agent's episode i), all in one EnvPool
+    batch; yield (i, Episode) as each ends. Each episode's agent is reset with its seed, as `run_episode`
+    does, so an episode depends on (seed, agent) only. Without `record`, episodes carry rewards and
+    terminal flags but no frames."""
     count = len(seeds)
+    batch_agent = AgentPerEpisode(agents) if isinstance(agents, (list, tuple)) else agents
     with EnvPoolBatch(env_cfg, seeds, num_threads) as envs:
         frames = envs.reset()
-        for agent, seed in zip(agents, seeds):
-            agent.reset(int(seed))
+        for index, seed in enumerate(seeds):
+            batch_agent.reset(index, int(seed))
         observed: list[list[np.ndarray]] = [[] for _ in range(count)]
         action_vectors: list[list[np.ndarray]] = [[] for _ in range(count)]
         rewards: list[list[float]] = [[] for _ in range(count)]
         terminals: list[list[bool]] = [[] for _ in range(count)]
         running = np.arange(count)
         while len(running):
-            actions = [agents[i].act(frames[i]) for i in running]
+            actions = batch_agent.act(running, frames[running])
             if record:
                 for i, action in zip(running, actions):
                     observed[i].append(frames[i].copy())  # `frames` is overwritten in place next step

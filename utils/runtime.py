@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Iterator
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,6 +36,22 @@ def episode_seeds(cfg: Config, purpose: str, start: int, count: int) -> np.ndarr
         raise WorldModelsError(f"episode indices {start}..{start + count} exceed the 10^6 per-purpose seed range")
     base = SEED_PURPOSES[purpose] * 10**8 + (cfg.experiment.seed % 100) * 10**6
     return base + np.arange(start, start + count, dtype=np.int64)
+
+
+# Where a batch of episodes draws its random numbers: one generator for the whole batch, or one per episode
+# (row). Per-episode generators make an episode's draws independent of which episodes share its batch.
+RandomSource = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
+
+
+def draw_rows(source: RandomSource, rows: int, draw: Callable[[Optional[torch.Generator], range], torch.Tensor]) -> torch.Tensor:
+    """`draw(generator, span)` returns random numbers for the rows in `span`, one per row along dim 0. With
+    one generator (or None: torch's global one) that is one call for range(rows); with one generator per
+    row, row i is `draw(source[i], range(i, i + 1))`, in row order."""
+    if source is None or isinstance(source, torch.Generator):
+        return draw(source, range(rows))
+    if len(source) != rows:
+        raise ValueError(f"{len(source)} generators for {rows} rows")
+    return torch.cat([draw(generator, range(row, row + 1)) for row, generator in enumerate(source)])
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
