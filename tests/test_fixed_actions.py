@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_doom_paper_mapping_gets_a_bias_in_each_third():
     # One tanh output: left, stay and right need biases in three different thirds.
     class Policy:  # what fixed_action_params reads of a WorldModelPolicy
         layer_shapes, action_mapping = [(10, 1)], "doom_paper"
-        action_space = __import__("gymnasium").spaces.Discrete(3)
+        action_space = gym.spaces.Discrete(3)
 
     biases = {action: float(fixed_actions.fixed_action_params(Policy, action)[-1]) for action in range(3)}
     assert sorted(biases.values()) == [-fixed_actions.BIAS, 0.0, fixed_actions.BIAS]

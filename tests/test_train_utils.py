@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
 
 from config import get_config
 from utils.errors import WorldModelsError
-from utils.files import load_checkpoint, save_checkpoint
+from utils.files import load_checkpoint, save_checkpoint, write_results_table
 from utils.runtime import resolve_device
 from utils.video import add_video, write_mp4
 
@@ -83,3 +84,12 @@ def test_videos_are_written_as_mp4_and_tensorboard_animations(tmp_path):
     events.Reload()
     image = events.Images("rollout/video")[0]
     assert image.step == 3 and image.encoded_image_string[:6] == b"GIF89a"
+
+
+def test_results_table_is_written_as_markdown_and_json_with_no_temporaries_left(tmp_path):
+    folder = tmp_path / "results" / "exp"  # does not exist yet
+    written = write_results_table(folder, "table", "| a |\n|---|", {"rows": [{"a": 1.5}]})
+    assert written == folder / "table.md"
+    assert written.read_text() == "| a |\n|---|\n"
+    assert json.loads((folder / "table.json").read_text()) == {"rows": [{"a": 1.5}]}
+    assert sorted(p.name for p in folder.iterdir()) == ["table.json", "table.md"]

@@ -17,7 +17,6 @@ Needs the experiment's V and M (stages 1-3), not a C. Prints a table and writes 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -30,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import Config  # noqa: E402
 from models.agent import WorldModelAgent, WorldModelPolicy  # noqa: E402
-from models.controller import outputs_to_actions  # noqa: E402
+from models.controller import num_parameters, outputs_to_actions  # noqa: E402
 from models.loaders import build_policy  # noqa: E402
 from training.dream import dream_generator, dream_rollouts, load_dream_starts, sample_start_latents  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.envpool_envs import play_episodes, resolve_backend  # noqa: E402
 from utils.environment import env_action_space, make_frame_env, run_episode  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
-from utils.files import atomic_path, experiment_dir  # noqa: E402
+from utils.files import experiment_dir, write_results_table  # noqa: E402
 from utils.runtime import episode_seeds, resolve_device  # noqa: E402
 
 BIAS = 5.0  # large enough that tanh or argmax settles the choice
@@ -47,7 +46,7 @@ def fixed_action_params(policy: WorldModelPolicy, action: int) -> np.ndarray:
     """C's parameters (N,) float32 for "always `action`": every weight 0, the last layer's bias chosen so
     that `outputs_to_actions` picks `action` whatever C's input."""
     n_in, n_out = policy.layer_shapes[-1]
-    num_params = sum(i * o + o for i, o in policy.layer_shapes)
+    num_params = num_parameters(policy.layer_shapes)
     # One output per action (argmax): +BIAS on the action's own. One output in all (doom_paper's thirds of
     # tanh): whichever of -BIAS, 0, +BIAS lands in the action's third.
     candidates = ([np.eye(n_out)[action] * BIAS] if n_out > 1 else [np.array([b]) for b in (-BIAS, 0.0, BIAS)])
@@ -126,14 +125,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = fixed_action_rows(cfg, args.dream_episodes, args.real_episodes)
     table = markdown_table(rows, cfg.controller.temperature, args.dream_episodes, args.real_episodes)
     print(table)
-    folder = experiment_dir(cfg, "results")
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "fixed_actions.md") as tmp:
-        tmp.write_text(table + "\n")
-    with atomic_path(folder / "fixed_actions.json") as tmp:
-        tmp.write_text(json.dumps({"env_id": cfg.env.env_id, "temperature": cfg.controller.temperature,
-                                   "rows": rows}, indent=1))
-    print(f"table: {folder / 'fixed_actions.md'}")
+    written = write_results_table(experiment_dir(cfg, "results"), "fixed_actions", table,
+                                  {"env_id": cfg.env.env_id, "temperature": cfg.controller.temperature, "rows": rows})
+    print(f"table: {written}")
 
 
 if __name__ == "__main__":

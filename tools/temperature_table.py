@@ -34,7 +34,7 @@ from training.dream import DREAM_STARTS_FILE  # noqa: E402
 from training.train_controller import train_controller  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
-from utils.files import atomic_path, checkpoint_path, experiment_dir  # noqa: E402
+from utils.files import checkpoint_path, experiment_dir, write_results_table  # noqa: E402
 
 # What each tau's folder shares with the experiment: V, M and the latent cache the dream starts from.
 SHARED_FILES = ("vae.pt", "vae_best.pt", "mdnrnn.pt", "mdnrnn_best.pt", "latents.npz", DREAM_STARTS_FILE)
@@ -129,13 +129,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = temperature_rows(cfg, common, args.temperatures, args.episodes)
     table = markdown_table(rows, args.episodes)
     print(table)
-    folder = experiment_dir(cfg, "results")
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "temperature_table.md") as tmp:
-        tmp.write_text(table + "\n")
-    with atomic_path(folder / "temperature_table.json") as tmp:
-        tmp.write_text(json.dumps({"env_id": cfg.env.env_id, "episodes": args.episodes, "rows": rows}, indent=1))
-    print(f"table: {folder / 'temperature_table.md'}")
+    written = write_results_table(experiment_dir(cfg, "results"), "temperature_table", table,
+                                  {"env_id": cfg.env.env_id, "episodes": args.episodes, "rows": rows})
+    print(f"table: {written}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ stage fills, and the loaders in `models/loaders.py` rebuild V, M and C from it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -82,6 +83,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_results_table(folder: Path, stem: str, markdown: str, data: dict[str, Any]) -> Path:
+    """Write a results table twice, atomically: `folder/<stem>.md` for people, `folder/<stem>.json` for tools.
+
+    Returns the markdown file's path.
+    """
+    markdown_path = Path(folder) / f"{stem}.md"
+    with atomic_path(markdown_path) as tmp:
+        tmp.write_text(markdown + "\n")
+    with atomic_path(markdown_path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+    return markdown_path
 
 
 def ensure_writable_dir(path: Path) -> Path:
