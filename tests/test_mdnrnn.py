@@ -232,6 +232,33 @@ def test_latent_cache_matches_vae_and_is_rebuilt_only_when_vae_changes(experimen
     np.testing.assert_allclose(rebuilt.mu, cache.mu + 1.0, atol=1e-4)
 
 
+def test_a_new_round_encodes_only_the_episodes_no_earlier_cache_of_this_v_holds(experiment, monkeypatch):
+    import training.latents as latents
+
+    last_round, this_round = experiment("round-a"), experiment("round-b")
+    vae, paths = load_vae(last_round, "cpu"), require_episodes(last_round)
+    assert len(paths) >= 3
+    load_or_encode_latents(last_round, vae, paths[:-1], torch.device("cpu"))  # the last round saw all but one
+    encoded: list[list[str]] = []
+    encode = latents.encode_rollouts
+    monkeypatch.setattr(latents, "encode_rollouts", lambda v, p, *a, **k: encoded.append([x.name for x in p]) or encode(v, p, *a, **k))
+
+    cache = load_or_encode_latents(this_round, vae, paths, torch.device("cpu"), [latent_cache_path(last_round)])
+    assert encoded == [[paths[-1].name]]
+    fresh = encode(vae, paths, torch.device("cpu"), 64, this_round.vae.channels_last)
+    for field in ("mu", "logvar", "actions", "rewards"):
+        np.testing.assert_allclose(getattr(cache, field), getattr(fresh, field), atol=1e-5)
+    assert cache.terminated.tolist() == fresh.terminated.tolist() and cache.offsets.tolist() == fresh.offsets.tolist()
+    assert cache.episode_names.tolist() == [path.name for path in paths]
+
+    # Another V: nothing is reused; every episode is encoded again.
+    with torch.no_grad():
+        vae.fc_mu.bias.add_(1.0)
+    encoded.clear()
+    load_or_encode_latents(this_round, vae, paths, torch.device("cpu"), [latent_cache_path(last_round)])
+    assert encoded == [[path.name for path in paths]]
+
+
 def test_resume_continues_at_saved_epoch_and_matches_an_uninterrupted_run(experiment):
     straight = experiment("straight", ["mdnrnn.epochs=2"])
     train_mdnrnn(straight)
@@ -297,13 +324,17 @@ def test_load_mdnrnn_refuses_m_trained_on_another_vae(experiment):
         load_mdnrnn(cfg, "cpu", vae=vae)
 
 
-def test_init_from_starts_from_another_experiments_m_on_the_same_v(experiment):
+def test_init_from_starts_from_another_experiments_m_on_the_same_v(experiment, capsys):
     source = experiment("round1")
     train_mdnrnn(source)
     # A learning rate of 1e-12 moves no weight by more than ~1e-11 (Adam's steps are ~lr): what comes out
     # is what went in, so the M trained on went in.
     continued = experiment("round2", ["mdnrnn.init_from=round1", "mdnrnn.learning_rate=1e-12"])
+    capsys.readouterr()
     train_mdnrnn(continued)
+    episodes = len(require_episodes(continued))  # the same data: round 1's latents are all reused
+    out = capsys.readouterr().out
+    assert f"mdnrnn: {episodes} of {episodes} episodes are in an earlier cache" in out and "mdnrnn: encoded 0 episodes" in out
     start, after = load_mdnrnn(source, "cpu").state_dict(), load_mdnrnn(continued, "cpu").state_dict()
     for name, value in start.items():
         assert_close(after[name], value)

@@ -2,7 +2,9 @@
 
 `checkpoints/<experiment>/latents.npz` holds mu and logvar per frame (float32) plus each episode's
 actions, rewards and terminal flags, and fingerprints of V's weights and of the rollout files: it is
-rebuilt when either changes, and read back otherwise. Stage 3 trains M on it; stage 4 and evaluate.py
+rebuilt when either changes, and read back otherwise. A rebuild under the same V encodes only the
+episodes that no cache it may reuse holds (this one's, or the last round's of the iterative procedure
+with V kept: `mdnrnn.init_from`), each known by its file's path, size and modification time. Stage 3 trains M on it; stage 4 and evaluate.py
 start dreams from its episodes' first frames.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +39,15 @@ def rollouts_fingerprint(paths: list[Path]) -> str:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
+
+
+def episode_keys(paths: Sequence[Path]) -> list[str]:
+    """One key per episode file, "<absolute path>:<size>:<mtime ns>": the same file unchanged, the same key."""
+    keys = []
+    for path in paths:
+        stat = Path(path).stat()
+        keys.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return keys
 
 
 # ------------------------------------------------------------------------------------ latent cache
@@ -98,11 +109,14 @@ def encode_rollouts(
     )
 
 
-def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device: torch.device) -> LatentCache:
+def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device: torch.device,
+                           reuse: Sequence[Path] = ()) -> LatentCache:
     """The latent cache of `paths` under V, read from disk when its fingerprints still match, else
-    encoded and written atomically."""
+    built and written atomically: episodes that this experiment's old cache or a cache in `reuse` holds
+    under the same V are copied from it, the others encoded."""
     path = latent_cache_path(cfg)
-    fingerprints = {"vae_fingerprint": weights_fingerprint(vae), "rollouts_fingerprint": rollouts_fingerprint(paths)}
+    vae_fingerprint = weights_fingerprint(vae)
+    fingerprints = {"vae_fingerprint": vae_fingerprint, "rollouts_fingerprint": rollouts_fingerprint(paths)}
     if path.is_file():
         with np.load(path, allow_pickle=False) as archive:
             stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
@@ -110,9 +124,46 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
                 print_main(f"mdnrnn: latent cache {path} is up to date")
                 return LatentCache(*(archive[key] for key in LatentCache._fields))
         print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
-    cache = encode_rollouts(vae, paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last, cfg.vae.episodes_per_chunk)
+    keys = episode_keys(paths)
+    known = _cached_episodes([path, *reuse], vae_fingerprint, set(keys))
+    new_paths = [episode for episode, key in zip(paths, keys) if key not in known]
+    if known:
+        print(f"mdnrnn: {len(paths) - len(new_paths)} of {len(paths)} episodes are in an earlier cache of this V; "
+              f"encoding the other {len(new_paths)}")
+    encoded = (encode_rollouts(vae, new_paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last,
+                               cfg.vae.episodes_per_chunk) if new_paths else None)
+    for index, key in enumerate(key for key in keys if key not in known):
+        rows = slice(encoded.offsets[index], encoded.offsets[index + 1])
+        known[key] = tuple(getattr(encoded, field)[rows] for field in _PER_FRAME)
+    per_episode = [known[key] for key in keys]
+    lengths = [len(columns[0]) for columns in per_episode]
+    cache = LatentCache(*(np.concatenate([columns[i] for columns in per_episode]) for i in range(len(_PER_FRAME))),
+                        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                        episode_names=np.array([episode.name for episode in paths]))
     with atomic_path(path) as tmp_path:
         with open(tmp_path, "wb") as handle:
-            np.savez(handle, **cache._asdict(), **{name: np.str_(value) for name, value in fingerprints.items()})
-    print(f"mdnrnn: encoded {len(cache.mu)} frames of {len(paths)} episodes into {path}")
+            np.savez(handle, **cache._asdict(), episode_keys=np.array(keys),
+                     **{name: np.str_(value) for name, value in fingerprints.items()})
+    print(f"mdnrnn: encoded {len(new_paths)} episodes ({len(cache.mu)} frames in all) into {path}")
     return cache
+
+
+_PER_FRAME = ("mu", "logvar", "actions", "rewards", "terminated")  # LatentCache's per-frame columns, in order
+
+
+def _cached_episodes(caches: Sequence[Path], vae_fingerprint: str, wanted: set[str]) -> dict[str, tuple[np.ndarray, ...]]:
+    """Of the episodes keyed in `wanted`, those a cache file in `caches` holds under this V: key -> its
+    rows of the `_PER_FRAME` columns. Caches of another V, or written before keys were kept, give none."""
+    found: dict[str, tuple[np.ndarray, ...]] = {}
+    for cache_path in caches:
+        if not Path(cache_path).is_file():
+            continue
+        with np.load(cache_path, allow_pickle=False) as archive:
+            if "episode_keys" not in archive.files or str(archive["vae_fingerprint"]) != vae_fingerprint:
+                continue
+            offsets, columns = archive["offsets"], [archive[field] for field in _PER_FRAME]
+            for index, key in enumerate(archive["episode_keys"].tolist()):
+                if key in wanted and key not in found:
+                    rows = slice(offsets[index], offsets[index + 1])
+                    found[key] = tuple(column[rows] for column in columns)
+    return found

@@ -221,18 +221,19 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
             return loop.last_path
         else:
             resumed = True
+    source = copy.deepcopy(cfg)  # the last round's experiment, with V kept (`mdnrnn.init_from`)
+    source.experiment.name = m.init_from
     if m.init_from and not resumed:
         # The iterative procedure with V kept: M goes on learning from the last round's M on the new data
         # (its union with the old) rather than starting over. load_mdnrnn refuses an M of another V.
-        source = copy.deepcopy(cfg)
-        source.experiment.name = m.init_from
         model.load_state_dict(load_mdnrnn(source, device, vae).state_dict())
         print_main(f"mdnrnn: starting from the M of experiment {m.init_from!r}")
     train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
     paths = require_episodes(cfg)
     with world.main_first():  # rank 0 encodes the cache once; the others read the file it wrote
-        cache = load_or_encode_latents(cfg, vae, paths, device)
+        # The last round's cache holds the old rounds' episodes under this V: only the new ones are encoded.
+        cache = load_or_encode_latents(cfg, vae, paths, device, [latent_cache_path(source)] if m.init_from else [])
     require_match("action_size (rollouts)", cache.actions.shape[1], actions_width, latent_cache_path(cfg))
     index_of = {path: index for index, path in enumerate(paths)}
     train_paths, val_paths = split_episodes(paths, m.val_fraction)
