@@ -50,6 +50,7 @@ CONTROLLER_MODES = ("real", "dream")
 # (steer tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1)); doom_paper = the paper's Doom C, one tanh output
 # whose thirds are left | stay | right.
 ACTION_MAPPINGS = ("squash", "carracing_paper", "doom_paper")
+DREAM_DONE_RULES = ("sample", "threshold")
 PPO_OBSERVATIONS = ("auto", "state", "pixels")
 PPO_VECTOR_ENVS = ("auto", "sync", "async")
 ENV_BACKENDS = ("auto", "gymnasium", "envpool")
@@ -127,6 +128,10 @@ class MDNRNNConfig:
     grad_clip: float = 1.0
     reward_weight: float = 1.0  # weight of the reward-prediction loss (Huber, delta 1)
     done_weight: float = 1.0  # weight of the done-prediction loss (BCE)
+    # BCE weight of a step on which the episode ends, against 1 for every other step. 1 = a calibrated
+    # death probability; the original's Doom code used 10, so its head errs toward death (its dream ends
+    # on logit > 0, about a calibrated 9%) and the dream is harder than the game.
+    done_positive_weight: float = 1.0
     val_fraction: float = 0.05  # share of episodes held out for validation
     max_steps_per_epoch: int = 0  # 0 = about one pass over the training frames per epoch
     train: bool = True  # false = keep M untrained (the paper's ablation)
@@ -152,6 +157,7 @@ class ControllerConfig:
     eval_episodes: int = 16
     temperature: float = 1.15  # tau for sampling M in the dream
     dream_max_steps: int = 1000
+    dream_done: str = "sample"  # sample: done ~ Bernoulli(sigmoid(logit)) | threshold: done when logit > 0 (the original's Doom code)
     workers: int = 0  # 0 = one per core
     video_every: int = 10  # log a video of the best candidate every N generations; 0 = never
     sample_actions: bool = False  # discrete actions: sample from softmax instead of argmax
@@ -564,6 +570,7 @@ FIELD_RULES: dict[str, Rule] = {
     "mdnrnn.grad_clip": _above(0),
     "mdnrnn.reward_weight": _at_least(0),
     "mdnrnn.done_weight": _at_least(0),
+    "mdnrnn.done_positive_weight": _above(0),
     "mdnrnn.val_fraction": _fraction(),
     "mdnrnn.max_steps_per_epoch": _at_least(0),
     "mdnrnn.encode_batch_size": _at_least(1),
@@ -581,6 +588,7 @@ FIELD_RULES: dict[str, Rule] = {
     "controller.eval_episodes": _at_least(1),
     "controller.temperature": _at_least(0),
     "controller.dream_max_steps": _at_least(1),
+    "controller.dream_done": _one_of(DREAM_DONE_RULES),
     "controller.workers": _at_least(0),
     "controller.video_every": _at_least(0),
     "ppo.observation": _one_of(PPO_OBSERVATIONS),

@@ -272,7 +272,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None].repeat(episodes, 1),
                             sample_start_latents(*starts, episodes, generator), policy.action_space,
                             tau, c.dream_max_steps, generator, c.inputs, c.sample_actions,
-                            action_mapping=c.action_mapping)
+                            action_mapping=c.action_mapping, done_rule=c.dream_done)
     method = f"world_models_dream_tau{tau:g}"
     rows = [{"method": method, "episode": i, "seed": i, "return": float(ret), "length": int(length)}
             for i, (ret, length) in enumerate(zip(result.returns, result.lengths))]
@@ -280,7 +280,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
                         f"nothing: C inside M at tau {tau:g}", backend="dream")
     if video:
         frames = dream_video(policy, params, starts, tau, c.dream_max_steps,
-                             dream_generator(trained.experiment.seed, "video", 0, torch_device))
+                             dream_generator(trained.experiment.seed, "video", 0, torch_device), c.dream_done)
         writer = make_writer(cfg, "evaluate")
         path = log_video(writer, f"evaluate/dream_tau{tau:g}", frames, 0,
                          experiment_dir(cfg, "videos") / f"dream_eval_tau{tau:g}.mp4")

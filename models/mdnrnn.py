@@ -190,8 +190,10 @@ def mdnrnn_loss(
     step_mask: torch.Tensor,
     reward_weight: float = 1.0,
     done_weight: float = 1.0,
+    done_positive_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """M's training loss: NLL of z_{t+1} + reward_weight * reward loss + done_weight * done BCE.
+    """M's training loss: NLL of z_{t+1} + reward_weight * reward loss + done_weight * done BCE, in which
+    a done step weighs `done_positive_weight` (the original's Doom code: 10) and every other step 1.
 
     next_z: (B, T, Z) targets, counted where next_mask (B, T) is true (the last step of an episode has
     no stored next frame); rewards (B, T) float, dones (B, T) float 0/1, counted where step_mask
@@ -201,7 +203,9 @@ def mdnrnn_loss(
     """
     nll = mdn_nll(output.log_pi, output.mu, output.log_sigma, next_z, next_mask)
     reward_loss = masked_mean(F.huber_loss(output.reward, rewards, reduction="none", delta=1.0), step_mask)
-    done_loss = masked_mean(F.binary_cross_entropy_with_logits(output.done_logit, dones, reduction="none"), step_mask)
+    positive_weight = torch.tensor(done_positive_weight, dtype=output.done_logit.dtype, device=output.done_logit.device)
+    done_loss = masked_mean(F.binary_cross_entropy_with_logits(output.done_logit, dones, reduction="none",
+                                                               pos_weight=positive_weight), step_mask)
     total = nll + reward_weight * reward_loss + done_weight * done_loss
     return {"nll": nll, "reward_loss": reward_loss, "done_loss": done_loss, "total_loss": total}
 

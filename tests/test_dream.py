@@ -159,6 +159,13 @@ def test_done_ends_episodes_and_finished_episodes_stop_accumulating():
     result = dream_rollouts(always, controller.layer_shapes, torch.zeros(3, controller.num_parameters),
                             torch.zeros(3, 2), gym.spaces.Discrete(2), 1.0, 6, torch.Generator().manual_seed(2))
     np.testing.assert_array_equal(result.lengths, [1, 1, 1])
+    # The threshold rule (the original's Doom code): a logit of -0.5 (p 0.38) never ends an episode, one of
+    # +0.1 ends each on its first step.
+    for logit, expected in ((-0.5, 6), (0.1, 1)):
+        model = constant_mdnrnn(2, 2, torch.zeros(2), reward=1.5, done_logit=logit)
+        result = dream_rollouts(model, controller.layer_shapes, torch.zeros(5, controller.num_parameters), torch.zeros(5, 2),
+                                gym.spaces.Discrete(2), 1.0, 6, torch.Generator().manual_seed(2), done_rule="threshold")
+        np.testing.assert_array_equal(result.lengths, [expected] * 5)
 
 
 def test_batched_dream_equals_one_candidate_at_a_time_with_the_same_random_numbers():

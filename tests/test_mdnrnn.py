@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from config import Config, get_config
 from models.loaders import load_mdnrnn, load_vae
-from models.mdnrnn import MDNRNN, mdn_nll, sample_next_z
+from models.mdnrnn import MDNRNN, MDNOutput, mdn_nll, mdnrnn_loss, sample_next_z
 from tests.conftest import TINY_PIPELINE_OVERRIDES, isolate, tiny_pipeline_config
 from training.collect import collect
 from training.latents import LatentCache, latent_cache_path, load_or_encode_latents
@@ -87,6 +87,19 @@ def test_nll_of_two_component_mixture_matches_hand_computation_and_respects_mask
     mask = torch.tensor([[True, False]])
     assert mdn_nll(log_pi, mu, log_sigma, target, mask).item() == pytest.approx(expected, rel=1e-6)
     assert mdn_nll(log_pi, mu, log_sigma, target).item() > 100  # unmasked, the outlier counts
+
+
+def test_done_loss_weighs_a_death_step_by_the_positive_weight():
+    # Two steps of one episode: logit 0.3 on a living step, -0.4 on the death step; a padded third step.
+    logits = torch.tensor([[0.3, -0.4, 5.0]])
+    zeros = torch.zeros(1, 3, 1, 2)
+    output = MDNOutput(zeros, zeros, zeros, torch.zeros(1, 3), logits)
+    dones, step_mask = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[True, True, False]])
+    softplus = lambda x: math.log1p(math.exp(x))  # BCE: -log(1 - sigmoid(x)) = softplus(x); -log(sigmoid(x)) = softplus(-x)
+    for weight in (1.0, 10.0):
+        losses = mdnrnn_loss(output, torch.zeros(1, 3, 2), step_mask, torch.zeros(1, 3), dones, step_mask,
+                             done_positive_weight=weight)
+        assert losses["done_loss"].item() == pytest.approx((softplus(0.3) + weight * softplus(0.4)) / 2, rel=1e-6)
 
 
 def test_nll_is_finite_for_tiny_sigma_far_from_target():

@@ -91,7 +91,8 @@ def fixed_action_rows(cfg: Config, dream_episodes: int, real_episodes: int) -> l
         start_z = sample_start_latents(*starts, dream_episodes, generator)
         batch = torch.as_tensor(params, device=device)[None].repeat(dream_episodes, 1)
         dream = dream_rollouts(policy.mdnrnn, policy.layer_shapes, batch, start_z, space, c.temperature,
-                               c.dream_max_steps, generator, c.inputs, action_mapping=c.action_mapping)
+                               c.dream_max_steps, generator, c.inputs, action_mapping=c.action_mapping,
+                               done_rule=c.dream_done)
         lengths, returns = real_lengths_and_returns(cfg, policy, params, seeds)
         rows.append({"action": action,
                      "dream_return_mean": float(dream.returns.mean()), "dream_return_std": float(dream.returns.std()),

@@ -5,7 +5,7 @@ A dream episode starts from a latent z_0 of a real frame and then never sees a f
     a_t = C([z_t, h_t])                 (or C(z_t) with controller.inputs=z, C([z_t, c_t, h_t]) with zch)
     log_pi, mu, log_sigma, r_t, done_logit, h_{t+1} = M(z_t, a_t, h_t)
     z_{t+1} ~ mixture(log_pi, mu, log_sigma) at temperature tau       (`sample_next_z`)
-    done_t  ~ Bernoulli(sigmoid(done_logit))
+    done_t  ~ Bernoulli(sigmoid(done_logit))    (controller.dream_done=sample; =threshold: done_logit > 0)
 
 and the episode ends on done_t or after `max_steps` steps; its return is the sum of M's predicted r_t.
 
@@ -16,7 +16,9 @@ Choices, and why:
   mean would not.
 * done is sampled, not thresholded at 0.5: M's done head estimates a per-step termination probability,
   and for a LunarLander M that puts 1-5% on a crash step a 0.5 threshold would never end an episode;
-  sampling keeps the expected episode length M learned.
+  sampling keeps the expected episode length M learned. The original's Doom code thresholds at logit 0
+  instead, on a head trained with deaths weighted 10x (`mdnrnn.done_positive_weight`), which fires at
+  about a calibrated 9%: a dream that kills sooner than the game. Both are config choices.
 * Every step draws its random numbers for all E episodes at once (`draw_step_noise`), finished or not,
   and row e only ever uses row e of them. Episode e's rollout therefore depends on its own parameters,
   start latent and noise rows only: batched and one-at-a-time rollouts agree exactly (tests/test_dream.py),
@@ -158,12 +160,14 @@ def dream_rollouts(
     sample_actions: bool = False,
     record_first: bool = False,
     action_mapping: str = "squash",
+    done_rule: str = "sample",
 ) -> DreamResult:
     """Play episode e with controller parameters params[e] from start_z[e] inside M, all E episodes as one
     batch per step. params: (E, N) float32 and start_z: (E, Z) float32, both on M's device.
 
     `sample_actions` draws discrete actions from the softmax (with `generator`); that draw depends on the
-    batch, so the batched == one-at-a-time guarantee holds for deterministic actions only.
+    batch, so the batched == one-at-a-time guarantee holds for deterministic actions only. `done_rule`:
+    "sample" ends an episode with probability sigmoid(done_logit), "threshold" when done_logit > 0.
     """
     if params.shape[0] != start_z.shape[0] or start_z.shape[1] != mdnrnn.latent_size:
         raise WorldModelsError(f"dream_rollouts needs params (E, N) and start_z (E, {mdnrnn.latent_size}), "
@@ -187,7 +191,10 @@ def dream_rollouts(
         lengths[active] += 1
         z = sample_next_z(prediction.log_pi, prediction.mu, prediction.log_sigma, temperature,
                           noise=(noise.component_uniform[active], noise.normal[active]))
-        running = noise.done_uniform[active] >= torch.sigmoid(prediction.done_logit)
+        if done_rule == "threshold":
+            running = prediction.done_logit <= 0
+        else:
+            running = noise.done_uniform[active] >= torch.sigmoid(prediction.done_logit)
         if not bool(running.all()):
             active, z, active_params = active[running], z[running], active_params[running]
             hidden = (hidden[0][:, running], hidden[1][:, running])
@@ -208,13 +215,13 @@ def decode_latents(vae: ConvVAE, latents: torch.Tensor, batch_size: int = 256) -
 
 
 def dream_video(policy: WorldModelPolicy, params: torch.Tensor, starts: tuple[torch.Tensor, torch.Tensor],
-                temperature: float, max_steps: int, generator: torch.Generator) -> np.ndarray:
+                temperature: float, max_steps: int, generator: torch.Generator, done_rule: str = "sample") -> np.ndarray:
     """What M imagines for one controller, drawn by V: a dream of C with params (N,) from a start latent
     sampled from `starts` (`load_dream_starts`), decoded into frames (T, 64, 64, 3) uint8."""
     start_z = sample_start_latents(*starts, 1, generator)
     result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None], start_z, policy.action_space,
                             temperature, max_steps, generator, policy.inputs, policy.sample_actions, record_first=True,
-                            action_mapping=policy.action_mapping)
+                            action_mapping=policy.action_mapping, done_rule=done_rule)
     return decode_latents(policy.vae, result.first_latents)
 
 
@@ -230,5 +237,5 @@ def dream_scores(policy: WorldModelPolicy, cfg: Config, starts: tuple[torch.Tens
     params = torch.as_tensor(np.repeat(candidates, episodes, axis=0), dtype=torch.float32, device=device)
     returns, _, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, policy.action_space,
                                    c.temperature, c.dream_max_steps, generator, c.inputs, c.sample_actions,
-                                   action_mapping=c.action_mapping)
+                                   action_mapping=c.action_mapping, done_rule=c.dream_done)
     return returns.reshape(len(candidates), episodes).mean(axis=1)

@@ -129,7 +129,8 @@ def train_controller(cfg: Config) -> Path:
                     params = torch.as_tensor(np.repeat(solutions, rollouts, axis=0), dtype=torch.float32, device=device)
                     returns, lengths, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, action_space,
                                                          c.temperature, c.dream_max_steps, generator, c.inputs,
-                                                         c.sample_actions, action_mapping=c.action_mapping)
+                                                         c.sample_actions, action_mapping=c.action_mapping,
+                                                         done_rule=c.dream_done)
                 else:
                     seeds = np.tile(episode_seeds(cfg, "controller", generation * rollouts % 10**6, rollouts), c.population_size)
                     returns, lengths, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), seeds)
@@ -205,7 +206,7 @@ def train_controller(cfg: Config) -> Path:
                     # What M imagines for the generation's best candidate (by dream fitness), drawn by V.
                     best = torch.as_tensor(solutions[int(np.argmax(fitness))], dtype=torch.float32, device=device)
                     frames = dream_video(policy, best, starts, c.temperature, c.dream_max_steps,
-                                         dream_generator(cfg.experiment.seed, "video", generation, device))
+                                         dream_generator(cfg.experiment.seed, "video", generation, device), c.dream_done)
                     log_video(writer, "controller/dream_best_candidate", frames, step,
                               experiment_dir(cfg, "videos") / f"dream_gen{step:04d}.mp4")
                 bar.set_postfix(fitness=f"{fitness.mean():.1f}/{fitness.max():.1f}", best=f"{best_score:.1f}",

@@ -57,7 +57,7 @@ def batch_loss(model: MDNRNN, batch: SequenceBatch, z: torch.Tensor, cfg: Config
         output, _ = model(z[:, :-1], batch.actions)
     losses = mdnrnn_loss(
         output, z[:, 1:], batch.valid[:, 1:], batch.rewards, batch.dones, batch.valid[:, :-1],
-        cfg.mdnrnn.reward_weight, cfg.mdnrnn.done_weight,
+        cfg.mdnrnn.reward_weight, cfg.mdnrnn.done_weight, cfg.mdnrnn.done_positive_weight,
     )
     return output, losses
 
