@@ -126,13 +126,13 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
         print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
     keys = episode_keys(paths)
     known = _cached_episodes([path, *reuse], vae_fingerprint, set(keys))
-    new_paths = [episode for episode, key in zip(paths, keys) if key not in known]
+    new_keys, new_paths = [key for key in keys if key not in known], [p for p, key in zip(paths, keys) if key not in known]
     if known:
         print(f"mdnrnn: {len(paths) - len(new_paths)} of {len(paths)} episodes are in an earlier cache of this V; "
               f"encoding the other {len(new_paths)}")
     encoded = (encode_rollouts(vae, new_paths, device, cfg.mdnrnn.encode_batch_size, cfg.vae.channels_last,
                                cfg.vae.episodes_per_chunk) if new_paths else None)
-    for index, key in enumerate(key for key in keys if key not in known):
+    for index, key in enumerate(new_keys):  # listed before `known` grows below
         rows = slice(encoded.offsets[index], encoded.offsets[index + 1])
         known[key] = tuple(getattr(encoded, field)[rows] for field in _PER_FRAME)
     per_episode = [known[key] for key in keys]
