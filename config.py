@@ -89,6 +89,11 @@ class CollectConfig:
     exploration: float = 0.1  # policy=controller: epsilon (discrete) or Gaussian std in half-ranges (Box)
     seed_offset: int = 0  # episode i is played from the seed of index seed_offset + i (new data, new seeds)
     extra_rollouts: tuple[str, ...] = ()  # more rollout folders V and M train on (the iterative union)
+    # A name for this data set of its own: episodes go to data/<env-slug>/<rollout_folder>/rollouts. Empty =
+    # data/<env-slug>/rollouts for random policies (shared by every experiment on the env) and
+    # data/<env-slug>/<experiment>/rollouts for policy=controller. Use it for a second random data set
+    # (another policy or seeds) beside the shared one, e.g. Doom's "walls" round.
+    rollout_folder: str = ""
 
 
 @dataclass
@@ -549,6 +554,9 @@ FIELD_RULES: dict[str, Rule] = {
     "collect.walk_sigma": _above(0),
     "collect.exploration": _at_least(0),
     "collect.seed_offset": _at_least(0),
+    "collect.rollout_folder": lambda key, value: (
+        None if value == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value)
+        else f"bad {key} {value!r}; valid: empty or one folder name (letters, digits, . _ -), no path"),
     "vae.latent_size": _at_least(1),
     "vae.recon_loss": _one_of(RECON_LOSSES),
     "vae.beta": _at_least(0),

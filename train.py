@@ -91,6 +91,7 @@ def iteration_config(cfg: Config, iteration: int) -> Config:
     if iteration > 1:
         earlier = [iteration_config(cfg, k) for k in range(1, iteration)]
         step.collect.policy = "controller"
+        step.collect.rollout_folder = ""  # the agent's episodes go under its own iteration, not the random data's
         step.collect.controller_experiment = earlier[-1].experiment_name
         step.collect.seed_offset = cfg.collect.seed_offset + (iteration - 1) * cfg.collect.num_rollouts
         step.collect.extra_rollouts = tuple(str(rollout_dir(earlier_cfg)) for earlier_cfg in earlier)

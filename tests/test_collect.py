@@ -73,6 +73,7 @@ def test_killed_collection_resumes_without_duplicates_or_partial_files(tmp_path,
         (["--set", "collect.num_rollout=3"], "unknown config key 'collect.num_rollout'; valid keys:"),
         (["--set", "collect.workers=two"], "bad value 'two' for collect.workers: expected an integer"),
         (["--set", "collect.policy=brownian"], "unknown collect.policy 'brownian'; valid: uniform, repeat, random_walk"),
+        (["--set", "collect.rollout_folder=../walls"], "bad collect.rollout_folder '../walls'; valid: empty or one folder"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
@@ -142,3 +143,9 @@ def test_random_controller_data_is_the_papers_carracing_policy_and_a_function_of
     cfg.collect.policy, cfg.collect.num_rollouts = "random_walk", 3
     with pytest.raises(WorldModelsError, match="holds episodes of collect.policy=random_controller"):
         collect(cfg)
+    # A data set of its own goes beside the shared one and leaves it alone.
+    cfg.collect.rollout_folder = "walk"
+    walk = collect(cfg)
+    assert walk == folder.parent / "walk" / "rollouts"
+    assert [load_episode_metadata(path)["policy"] for path in list_episodes(walk)] == ["random_walk"] * 3
+    assert len(list_episodes(folder)) == 2

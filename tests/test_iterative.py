@@ -97,6 +97,11 @@ def test_iteration_configs_chain_agents_and_union_the_data(smoke_config):
     assert third.collect.controller_experiment == "loop/iter2" and third.collect.seed_offset == 10
     assert third.collect.extra_rollouts == (str(rollout_dir(first)), str(rollout_dir(iteration_config(cfg, 2))))
     assert rollout_dir(third) != rollout_dir(first)
+    # Round 1's random data may have a folder of its own; the agents' rounds still get theirs.
+    cfg.collect.rollout_folder = "walls"
+    assert rollout_dir(iteration_config(cfg, 1)).parent.name == "walls"
+    assert rollout_dir(iteration_config(cfg, 2)).parent.name == "iter2"
+    assert iteration_config(cfg, 3).collect.extra_rollouts[0] == str(rollout_dir(iteration_config(cfg, 1)))
 
 
 @pytest.mark.slow

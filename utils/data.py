@@ -56,9 +56,13 @@ class Episode:
 
 
 def rollout_dir(cfg: Config) -> Path:
-    """Random-policy rollouts are shared by every experiment on the env; a trained agent's belong to
-    its experiment: `data/<env-slug>/rollouts` or `data/<env-slug>/<experiment>/rollouts`."""
+    """Where stage 1 writes and V and M first read: `data/<env-slug>/<collect.rollout_folder>/rollouts`
+    when that is set; otherwise random-policy rollouts are shared by every experiment on the env
+    (`data/<env-slug>/rollouts`) and a trained agent's belong to its experiment
+    (`data/<env-slug>/<experiment>/rollouts`)."""
     root = Path(cfg.experiment.data_dir) / cfg.env_slug
+    if cfg.collect.rollout_folder:
+        return root / cfg.collect.rollout_folder / "rollouts"
     return (root / cfg.experiment_name if cfg.collect.policy == "controller" else root) / "rollouts"
 
 

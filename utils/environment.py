@@ -297,7 +297,8 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     if on_disk and (found := load_episode_metadata(on_disk[0])["policy"]) != cfg.collect.policy:
         # Random-policy data is shared by every experiment on the env: never mix, or silently reuse, another policy's.
         raise WorldModelsError(f"{folder} holds episodes of collect.policy={found}, but this run collects "
-                               f"collect.policy={cfg.collect.policy}; use another experiment.data_dir, or move them away")
+                               f"collect.policy={cfg.collect.policy}; give this data set its own "
+                               f"collect.rollout_folder=<name>, or move them away")
     pending = [i for i in range(cfg.collect.num_rollouts) if i not in existing]
     if backend == "envpool":
         where = f"EnvPool, {min(ENVPOOL_COLLECT_BATCH, max(1, len(pending)))} envs at a time"
