@@ -89,7 +89,7 @@ class WorldModelAgent:
 
     def __init__(self, policy: WorldModelPolicy, params: torch.Tensor | np.ndarray):
         self.policy = policy
-        self.params = torch.as_tensor(np.asarray(params), dtype=torch.float32, device=policy.device).reshape(1, -1)
+        self.params = torch.as_tensor(params, dtype=torch.float32, device=policy.device).reshape(1, -1)
         self.reset()
 
     def reset(self, seed: Optional[int] = None) -> None:
@@ -117,7 +117,7 @@ class WorldModelAgents:
 
     def __init__(self, policy: WorldModelPolicy, params: torch.Tensor | np.ndarray, count: int):
         self.policy, self.count = policy, count
-        self.params = torch.as_tensor(np.asarray(params), dtype=torch.float32, device=policy.device).reshape(1, -1)
+        self.params = torch.as_tensor(params, dtype=torch.float32, device=policy.device).reshape(1, -1)
         self.hidden = policy.initial_state(count)
         self.generators = [torch.Generator(device=policy.device) for _ in range(count)]
 

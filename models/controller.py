@@ -80,7 +80,7 @@ class Controller(nn.Module):
         return torch.cat([p.detach().reshape(-1) for layer in self.layers for p in (layer.weight, layer.bias)])
 
     def set_flat_parameters(self, flat: torch.Tensor | np.ndarray) -> None:
-        flat = torch.as_tensor(np.asarray(flat), dtype=torch.float32).reshape(-1)
+        flat = torch.as_tensor(flat, dtype=torch.float32).reshape(-1)
         if flat.numel() != self.num_parameters:
             raise WorldModelsError(f"controller expects {self.num_parameters} parameters, got {flat.numel()}")
         offset = 0

@@ -44,6 +44,20 @@ def test_collects_exactly_n_episodes_that_replay_from_their_seeds(smoke_config):
         assert stored["terminated"].sum() <= 1 and not stored["terminated"][:-1].any()
 
 
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_collection_has_its_own_episode_cap_that_only_cuts_episodes_short(smoke_config, backend):
+    if backend == "envpool":
+        pytest.importorskip("envpool")
+    options = ["collect.num_rollouts=3", "collect.workers=1", "env.max_episode_steps=150", f"env.backend={backend}"]
+    capped = collect(smoke_config("LunarLander-v3", [*options, "collect.max_episode_steps=25"]))
+    full = collect(smoke_config("LunarLander-v3", [*options, "collect.rollout_folder=full"]))
+    for short, long in zip(list_episodes(capped), list_episodes(full)):
+        short, long = load_episode(short), load_episode(long)
+        assert len(short["obs"]) == 25 < len(long["obs"]) and not short["terminated"].any()
+        np.testing.assert_array_equal(short["obs"], long["obs"][:25])  # the same episode, cut at 25 frames
+        np.testing.assert_array_equal(short["actions"], long["actions"][:25])
+
+
 @pytest.mark.slow
 def test_killed_collection_resumes_without_duplicates_or_partial_files(tmp_path, smoke_config):
     # The Gymnasium worker-process path (EnvPool's: tests/test_envpool.py).

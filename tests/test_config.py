@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 
 from config import (
     FIELD_RULES,
@@ -48,6 +49,37 @@ def test_presets_change_scale():
     assert paper.controller.rollouts_per_candidate == 16 and paper.vae.recon_loss == "mse"
     with pytest.raises(WorldModelsError, match="unknown preset 'fast'.*smoke, default, paper"):
         get_config("LunarLander-v3", preset="fast")
+
+
+def test_the_carracing_default_is_the_recipe_of_the_committed_long_run():
+    """`python train.py --env CarRacing-v3` is the recipe of pretrained/carracing-v3 (issue #16): V and M
+    as its vae.pt was trained (data, V's loss and schedule), C as its controller.pt is being trained."""
+    default = get_config("CarRacing-v3")
+    trained = {stage: torch.load(ROOT / "pretrained" / "carracing-v3" / f"{stage}.pt", weights_only=True)["config"]
+               for stage in ("vae", "controller")}
+    v_run, c_run = trained["vae"], trained["controller"]
+    for key in ("num_rollouts", "policy", "walk_sigma", "seed_offset"):
+        assert getattr(default.collect, key) == v_run["collect"][key], key
+    assert default.collect.max_episode_steps == v_run["env"]["max_episode_steps"] == 500  # V's data: 500-step walks
+    assert default.env.max_episode_steps == c_run["env"]["max_episode_steps"] == 1000  # C: the full task
+    assert default.env.crop_bottom == v_run["env"]["crop_bottom"]
+    for section in ("vae", "mdnrnn"):
+        for key, value in v_run[section].items():
+            if key not in ("amp", "channels_last", "encode_batch_size"):  # speed only, not the recipe
+                assert _plain(getattr(getattr(default, section), key)) == value, f"{section}.{key}"
+    for key, value in c_run["controller"].items():
+        if key != "generations":  # the long run's cap is open-ended; the preset stops at the paper's 25,600 episodes
+            assert _plain(getattr(default.controller, key)) == value, f"controller.{key}"
+    assert default.controller.generations * default.controller.population_size * default.controller.rollouts_per_candidate == 25_600
+    # --preset paper is still the paper's recipe: its data, V and CMA-ES.
+    paper = get_config("CarRacing-v3", preset="paper")
+    assert (paper.collect.num_rollouts, paper.collect.max_episode_steps, paper.collect.policy) == (10_000, 0, "random_controller")
+    assert (paper.vae.epochs, paper.vae.learning_rate, paper.vae.recon_loss) == (10, 1e-4, "mse")
+    assert (paper.controller.population_size, paper.controller.rollouts_per_candidate) == (64, 16)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def test_v2_names_are_aliases_with_a_notice(capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def test_actions_are_mapped_into_the_action_space():
 
 def test_the_paper_preset_maps_carracing_actions_as_the_paper_and_refuses_the_mapping_elsewhere():
     assert get_config("CarRacing-v3", preset="paper").controller.action_mapping == "carracing_paper"
-    assert get_config("CarRacing-v3").controller.action_mapping == "squash"
+    assert get_config("CarRacing-v3").controller.action_mapping == "carracing_paper"  # the long run's recipe too
+    assert get_config("LunarLander-v3").controller.action_mapping == "squash"
     assert get_config("LunarLander-v3", preset="paper").controller.action_mapping == "squash"
     with pytest.raises(WorldModelsError, match="LunarLander-v3 needs controller.action_mapping=squash"):
         get_config("LunarLander-v3", overrides=["controller.action_mapping=carracing_paper"])
@@ -126,6 +128,31 @@ def _random_policy(cfg, action_space):
     mdnrnn = MDNRNN(cfg.vae.latent_size, actions, cfg.mdnrnn.hidden_size, cfg.mdnrnn.num_mixtures)
     controller = Controller(cfg.vae.latent_size + cfg.mdnrnn.hidden_size, actions)
     return WorldModelPolicy(vae, mdnrnn, controller.layer_shapes, action_space), controller.num_parameters
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_an_agent_takes_its_parameters_as_an_array_or_as_a_tensor_on_its_device(smoke_config, device):
+    # A checkpoint's best_params load onto the evaluation device (map_location): a CUDA tensor must do.
+    cfg = smoke_config("LunarLander-v3")
+    policy, num_params = _random_policy(cfg, make_frame_env(cfg.env).action_space)
+    policy = WorldModelPolicy(policy.vae.to(device), policy.mdnrnn.to(device), policy.layer_shapes, policy.action_space,
+                              device=device)
+    params = np.random.default_rng(0).normal(0, 0.5, num_params).astype(np.float32)
+    frame = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    actions = []
+    for given in (params, torch.as_tensor(params, device=device)):
+        agent = WorldModelAgent(policy, given)
+        agent.reset(3)
+        actions.append([agent.act(frame) for _ in range(3)])
+        agents = agent.for_episodes(2)
+        agents.reset(0, 3)
+        agents.reset(1, 3)
+        assert agents.act([0, 1], np.stack([frame, frame])) == [actions[-1][0]] * 2
+    assert actions[0] == actions[1]
+    controller = Controller(cfg.vae.latent_size + cfg.mdnrnn.hidden_size, 4).to(device)
+    controller.set_flat_parameters(torch.as_tensor(params, device=device))
+    torch.testing.assert_close(controller.get_flat_parameters().cpu(), torch.as_tensor(params))
 
 
 def test_batched_population_evaluation_equals_one_candidate_at_a_time(smoke_config):
@@ -224,6 +251,23 @@ def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tm
     assert rows[0]["eval_mean_params"] == "" and rows[1]["eval_mean_params"] != ""
     assert 0 < int(rows[0]["real_env_steps"]) <= per_generation * 60 < int(rows[2]["real_env_steps"])
     assert float(rows[0]["wall_seconds"]) < float(rows[1]["wall_seconds"]) < float(rows[2]["wall_seconds"])
+    # Replaying the saved fitnesses is only valid for the CMA-ES that asked for those candidates: another seed,
+    # sigma or penalty is refused, and so is a saved mean the replay does not give back (another cma version).
+    interrupted.controller.generations = 4
+    for section, key, value in (("experiment", "seed", 7), ("controller", "sigma", 0.2),
+                                ("controller", "weight_decay", 0.01)):
+        changed = copy.deepcopy(interrupted)
+        setattr(getattr(changed, section), key, value)
+        with pytest.raises(WorldModelsError, match=f"has {section}.{key}=.* this run expects {section}.{key}={value}"):
+            train_controller(changed)
+    path = checkpoint_path(interrupted, "controller")
+    saved_bytes = path.read_bytes()
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["mean_params"] += 0.01
+    torch.save(checkpoint, path)
+    with pytest.raises(WorldModelsError, match="does not give back the saved CMA-ES mean"):
+        train_controller(interrupted)
+    path.write_bytes(saved_bytes)
     # M retrained under the run: its CMA-ES state belongs to the old M, so the run refuses to go on.
     for stage in ("mdnrnn", "mdnrnn_best"):
         path = checkpoint_path(interrupted, stage)
@@ -231,7 +275,6 @@ def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tm
         name = next(iter(checkpoint["model"]))
         checkpoint["model"][name] = checkpoint["model"][name] + 0.01
         torch.save(checkpoint, path)
-    interrupted.controller.generations = 4
     with pytest.raises(WorldModelsError, match="was trained with another M .*under a new --experiment"):
         train_controller(interrupted)
 

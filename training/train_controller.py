@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import Config
+from config import Config, ControllerConfig
 from models.controller import CMAES
 from models.loaders import build_policy, load_controller_checkpoint, make_controller, weights_fingerprint
 from training.dream import dream_generator, dream_rollouts, dream_scores, dream_video, load_dream_starts, sample_start_latents
@@ -72,10 +72,23 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
             raise WorldModelsError(f"{path} was trained with another {'V' if key.startswith('vae') else 'M'} (it has "
                                    f"been retrained since): move that checkpoint away, or train C under a new --experiment")
     require_match("controller parameters", int(checkpoint["best_params"].numel()), num_params, path)
-    require_match("controller.population_size", checkpoint["config"]["controller"]["population_size"],
-                  cfg.controller.population_size, path)
+    # The replay below re-asks CMA-ES for every past generation and tells it the saved fitnesses: anything
+    # that changes what it asks (its seed, sigma, population, penalty) or what the fitness measured (real or
+    # dream, and which dream) would silently pair the old fitnesses with new candidates.
+    saved, c = checkpoint["config"], cfg.controller
+    defaults = ControllerConfig()  # for fields a checkpoint predates
+    must_match = {"experiment.seed": cfg.experiment.seed, "controller.population_size": c.population_size,
+                  "controller.sigma": c.sigma, "controller.weight_decay": c.weight_decay, "controller.mode": c.mode}
+    if c.mode == "dream":
+        must_match.update({"controller.temperature": c.temperature, "controller.dream_done": c.dream_done})
+    for key, expected in must_match.items():
+        section, name = key.split(".")
+        require_match(key, saved[section].get(name, getattr(defaults, name, None)), expected, path)
     history = checkpoint["fitness_history"].numpy()
     es.replay(history)
+    if "mean_params" in checkpoint and not np.allclose(es.mean, checkpoint["mean_params"].numpy(), atol=1e-4):
+        raise WorldModelsError(f"{path}: replaying its {len(history)} generations does not give back the saved CMA-ES "
+                               f"mean (another version of the cma package?); train C under a new --experiment")
     # A checkpoint from before the curve was kept starts its totals at this resume.
     curve = LearningCurve(checkpoint.get("curve"))
     return ControllerRun(len(history), checkpoint["best_params"].numpy(), float(checkpoint["best_score"]), curve)

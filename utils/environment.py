@@ -7,6 +7,7 @@ Run `python -m utils.environment` to step every supported environment and check 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -287,6 +288,8 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     so a re-run after an interrupt plays only the missing indices and the data set is the same whatever
     the number of workers. `make_agent` must be a module-level function (workers rebuild the agent from it).
     """
+    if cfg.collect.max_episode_steps:  # stage 1's own episode cap stands in for the env's, in this stage only
+        cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, max_episode_steps=cfg.collect.max_episode_steps))
     backend = resolve_backend(cfg.env)
     make_agent(cfg, env_action_space(cfg.env))  # fails early on a bad env or policy, before anything is written
     folder = ensure_writable_dir(rollout_dir(cfg))
