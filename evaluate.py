@@ -32,7 +32,7 @@ from tqdm import tqdm
 from config import Config, EnvConfig, canonical_env_id
 from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
 from models.ppo_agent import PPOAgent
-from training.dream import dream_generator, dream_rollouts, dream_video, load_dream_starts, sample_start_latents
+from training.dream import dream_candidates, dream_generator, dream_video, load_dream_starts
 from training.learning_curve import read_curve_csv
 from training.population import run_episodes
 from training.ppo_envs import make_ppo_eval_env
@@ -269,10 +269,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     starts = load_dream_starts(trained, policy.vae, torch_device)
     generator = dream_generator(trained.experiment.seed, "evaluate", 0, torch_device)
     started = time.perf_counter()
-    result = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params[None].repeat(episodes, 1),
-                            sample_start_latents(*starts, episodes, generator), policy.action_space,
-                            tau, c.dream_max_steps, generator, c.inputs, c.sample_actions,
-                            action_mapping=c.action_mapping, done_rule=c.dream_done)
+    result = dream_candidates(policy, trained, starts, params[None], episodes, generator, tau)
     method = f"world_models_dream_tau{tau:g}"
     rows = [{"method": method, "episode": i, "seed": i, "return": float(ret), "length": int(length)}
             for i, (ret, length) in enumerate(zip(result.returns, result.lengths))]

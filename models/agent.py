@@ -19,7 +19,7 @@ import torch
 
 from models.controller import controller_input, explore_actions, outputs_to_actions, population_forward
 from models.mdnrnn import MDNRNN, Hidden, mixture_mean
-from models.vae import ConvVAE, PosteriorMeanEncoder, frames_to_input
+from models.vae import ConvVAE, PosteriorMeanEncoder, frames_to_input, sample_latent
 from utils.actions import vectors_to_actions
 from utils.runtime import draw_rows
 
@@ -71,7 +71,7 @@ class WorldModelPolicy:
             mu, logvar = self.encoder.posterior(x)
             noise = draw_rows(source, len(mu), lambda g, span: torch.randn(
                 (len(span), *mu.shape[1:]), generator=g, device=self.device, dtype=mu.dtype))
-            z = (mu + torch.exp(0.5 * logvar) * noise).float()
+            z = sample_latent(mu, logvar, noise=noise).float()
         else:
             z = self.encoder(x).float()
         outputs = population_forward(self.layer_shapes, params, controller_input(z, hidden, self.inputs))

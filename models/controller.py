@@ -204,6 +204,7 @@ class CMAES:
         self._rng_state = np.random.get_state()
         np.random.set_state(saved)
         self.fitness_history: list[np.ndarray] = []
+        self._solutions: Optional[np.ndarray] = None  # the last `ask`'s candidates, until `tell`
 
     @property
     def population_size(self) -> int:
@@ -230,12 +231,15 @@ class CMAES:
 
     def tell(self, fitness: np.ndarray) -> None:
         """Report the fitness (higher is better) of the candidates of the last `ask`."""
+        if self._solutions is None:
+            raise WorldModelsError("CMAES.tell needs the candidates of an ask() first")
         fitness = np.asarray(fitness, dtype=np.float64)
         if fitness.shape != (len(self._solutions),):
             raise WorldModelsError(f"tell expects {len(self._solutions)} fitness values, got {fitness.shape}")
         penalty = self.weight_decay * np.mean(self._solutions ** 2, axis=1)
         self.es.tell(list(self._solutions), list(penalty - fitness))  # cma minimises
         self.fitness_history.append(fitness)
+        self._solutions = None
 
     def replay(self, fitness_history: np.ndarray) -> None:
         """Rebuild the state after len(fitness_history) generations from their fitness values."""

@@ -69,7 +69,8 @@ class MDNRNN(nn.Module):
         """z: (B, T, latent_size), actions: (B, T, action_size), hidden: (h, c) or None (zeros).
 
         Returns (MDNOutput with log_pi/mu/log_sigma (B, T, K, Z) and reward/done_logit (B, T), the
-        final (h, c)). Outputs are float32 even under autocast: the NLL needs the precision.
+        final (h, c)). Outputs are cast to float32 even under autocast, so the NLL's log-sum-exp runs in
+        float32 (the head's matmul itself may still have run in half precision).
         """
         if z.shape[-1] != self.latent_size or actions.shape[-1] != self.action_size or z.shape[:-1] != actions.shape[:-1]:
             raise WorldModelsError(

@@ -42,13 +42,15 @@ def frames_to_input(
     return images if channels_last else images.contiguous()
 
 
-def sample_latent(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_latent(mu: torch.Tensor, logvar: torch.Tensor, generator: Optional[torch.Generator] = None,
+                  noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """z ~ N(mu, exp(logvar)) by reparameterisation, z = mu + sigma * eps with eps ~ N(0, I) from `generator`
-    (torch's global one when None): mu, logvar (..., latent_size) -> z of the same shape.
+    (torch's global one when None), or the given `noise`: mu, logvar (..., latent_size) -> z of the same shape.
 
-    The one place a latent is drawn from V's posterior: V's training pass, M's training windows and the
-    dream's start latents all call it."""
-    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    The one place a latent is drawn from V's posterior: V's training pass, M's training windows, the
+    dream's start latents and a policy with `controller.sample_z` all call it."""
+    if noise is None:
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * logvar) * noise
 
 

@@ -35,6 +35,8 @@ def test_cma_es_minimises_a_shifted_sphere():
         candidates = es.ask()
         es.tell(-((candidates - target) ** 2).sum(axis=1))
     assert np.abs(es.mean - target).max() < 1e-4
+    with pytest.raises(WorldModelsError, match="needs the candidates of an ask"):  # each tell answers one ask
+        es.tell(np.zeros(16))
 
 
 def test_cma_es_state_is_rebuilt_exactly_from_its_fitness_history():

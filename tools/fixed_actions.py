@@ -31,7 +31,7 @@ from config import Config  # noqa: E402
 from models.agent import WorldModelAgent, WorldModelPolicy  # noqa: E402
 from models.controller import num_parameters, outputs_to_actions  # noqa: E402
 from models.loaders import build_policy  # noqa: E402
-from training.dream import dream_generator, dream_rollouts, load_dream_starts, sample_start_latents  # noqa: E402
+from training.dream import dream_candidates, dream_generator, load_dream_starts  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.envpool_envs import play_episodes, resolve_backend  # noqa: E402
 from utils.environment import env_action_space, make_frame_env, run_episode  # noqa: E402
@@ -82,17 +82,12 @@ def fixed_action_rows(cfg: Config, dream_episodes: int, real_episodes: int) -> l
     device = resolve_device(cfg.experiment.device)
     policy = build_policy(cfg, device, space)
     starts = load_dream_starts(cfg, policy.vae, device)
-    c = cfg.controller
     seeds = episode_seeds(cfg, "evaluate", 0, real_episodes)
     rows = []
     for action in range(int(space.n)):
         params = fixed_action_params(policy, action)
         generator = dream_generator(cfg.experiment.seed, "evaluate", 0, device)  # every action: the same dreams
-        start_z = sample_start_latents(*starts, dream_episodes, generator)
-        batch = torch.as_tensor(params, device=device)[None].repeat(dream_episodes, 1)
-        dream = dream_rollouts(policy.mdnrnn, policy.layer_shapes, batch, start_z, space, c.temperature,
-                               c.dream_max_steps, generator, c.inputs, action_mapping=c.action_mapping,
-                               done_rule=c.dream_done)
+        dream = dream_candidates(policy, cfg, starts, params[None], dream_episodes, generator)
         lengths, returns = real_lengths_and_returns(cfg, policy, params, seeds)
         rows.append({"action": action,
                      "dream_return_mean": float(dream.returns.mean()), "dream_return_std": float(dream.returns.std()),

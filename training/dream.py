@@ -22,7 +22,9 @@ Choices, and why:
 * Every step draws its random numbers for all E episodes at once (`draw_step_noise`), finished or not,
   and row e only ever uses row e of them. Episode e's rollout therefore depends on its own parameters,
   start latent and noise rows only: batched and one-at-a-time rollouts agree exactly (tests/test_dream.py),
-  and the same seed gives the same fitness however many episodes have finished.
+  and the same seed gives the same fitness however many episodes have finished. (With
+  `controller.sample_actions` the discrete action draw is the exception: it takes one draw per running
+  episode, so it depends on the batch.)
 * Finished episodes are dropped from the batch (their rows are compacted away), so a population whose
   episodes end early costs less than `max_steps` full-batch steps.
 """
@@ -225,6 +227,23 @@ def dream_video(policy: WorldModelPolicy, params: torch.Tensor, starts: tuple[to
     return decode_latents(policy.vae, result.first_latents)
 
 
+def dream_candidates(policy: WorldModelPolicy, cfg: Config, starts: tuple[torch.Tensor, torch.Tensor],
+                     candidates: np.ndarray | torch.Tensor, episodes: int, generator: torch.Generator,
+                     temperature: Optional[float] = None) -> DreamResult:
+    """Each of the K candidates (K, N) plays `episodes` dream episodes, all from the same `episodes` start
+    latents drawn from `starts` (common random numbers: candidates are ranked on equal terms), up to
+    `controller.dream_max_steps` with `controller.dream_done`, at `temperature` (default:
+    `controller.temperature`). The result's rows are candidate-major: row k * episodes + i is candidate
+    k's episode i."""
+    c = cfg.controller
+    start_z = sample_start_latents(*starts, episodes, generator).repeat(len(candidates), 1)
+    params = torch.as_tensor(candidates, dtype=torch.float32, device=start_z.device).repeat_interleave(episodes, 0)
+    return dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, policy.action_space,
+                          c.temperature if temperature is None else temperature, c.dream_max_steps, generator,
+                          policy.inputs, policy.sample_actions, action_mapping=policy.action_mapping,
+                          done_rule=c.dream_done)
+
+
 def dream_scores(policy: WorldModelPolicy, cfg: Config, starts: tuple[torch.Tensor, torch.Tensor],
                  candidates: np.ndarray, generation: int, device: torch.device) -> np.ndarray:
     """The re-evaluation in the dream: candidates (K, N) -> (K,) mean dream returns. The K candidates share
@@ -233,9 +252,5 @@ def dream_scores(policy: WorldModelPolicy, cfg: Config, starts: tuple[torch.Tens
     c = cfg.controller
     episodes = max(1, c.population_size * c.rollouts_per_candidate // len(candidates))
     generator = dream_generator(cfg.experiment.seed, "reevaluate", generation, device)
-    start_z = sample_start_latents(*starts, episodes, generator).repeat(len(candidates), 1)
-    params = torch.as_tensor(np.repeat(candidates, episodes, axis=0), dtype=torch.float32, device=device)
-    returns, _, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, policy.action_space,
-                                   c.temperature, c.dream_max_steps, generator, c.inputs, c.sample_actions,
-                                   action_mapping=c.action_mapping, done_rule=c.dream_done)
+    returns = dream_candidates(policy, cfg, starts, candidates, episodes, generator).returns
     return returns.reshape(len(candidates), episodes).mean(axis=1)

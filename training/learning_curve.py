@@ -23,7 +23,7 @@ CURVE_COLUMNS = (
     "generation",
     "real_episodes",  # real-env episodes so far: CMA-ES rollouts (real mode), re-evaluations, video replays
     "real_env_steps",  # their env steps
-    "dream_episodes",  # episodes played inside M so far (dream mode)
+    "dream_episodes",  # CMA-ES's rollouts inside M so far (dream mode; its re-evaluation and video dreams not counted)
     "wall_seconds",  # stage 4's wall time so far, resumed stretches added up
     "fitness_mean",  # the population's mean fitness this generation (in the dream: dream fitness)
     "fitness_best",

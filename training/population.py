@@ -1,8 +1,8 @@
 """Population evaluation in the real environment: many controllers, one episode each, stepping together.
 
-Stage 4 scores every CMA-ES candidate x rollout here, and re-scores the kept-best on fresh episodes;
-the benchmarks measure it. Envs live in `EnvWorkerPool` workers; V, M and every episode's C run in
-this process as one batch per step (`WorldModelPolicy.act`).
+Stage 4 scores every CMA-ES candidate x rollout here, and re-scores the distribution mean and the
+generation's best on its evaluation episodes; the benchmarks measure it. Envs live in `EnvWorkerPool`
+workers; V, M and every episode's C run in this process as one batch per step (`WorldModelPolicy.act`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ Each generation, CMA-ES proposes `population_size` parameter vectors; every cand
 are ranked on equal terms) and its fitness is the mean return. All candidates x rollouts step together:
 the envs live in worker processes, and V, M and every candidate's C run as one batch per step.
 Every `eval_every` generations the distribution mean and the generation's best candidate are scored on
-`eval_episodes` fresh episodes; that score, not the noisy fitness, decides which parameters are kept
-(paper, section 4.3). The CMA-ES state is checkpointed each generation, so a run resumes where it stopped.
+`eval_episodes` evaluation episodes; that score, not the noisy fitness, decides which parameters are kept
+(paper, section 4.3). The evaluation seeds are never training seeds, and they are the same at every
+re-evaluation, so successive candidates are compared on the same episodes. The price: the kept best is
+the maximum of many scores on one set of episodes, so its score is optimistic; evaluate.py's episodes
+(other seeds again) give the unbiased figure. The CMA-ES state is checkpointed each generation, so a run resumes where it stopped.
 
 `controller.mode=dream` takes the fitness from M instead (paper, section 4.4; `training/dream.py`): every
 candidate x rollout is one row of a batched tensor rollout inside M at temperature `controller.temperature`,
@@ -34,7 +37,7 @@ from tqdm import tqdm
 from config import Config, ControllerConfig
 from models.controller import CMAES
 from models.loaders import build_policy, load_controller_checkpoint, make_controller, weights_fingerprint
-from training.dream import dream_generator, dream_rollouts, dream_scores, dream_video, load_dream_starts, sample_start_latents
+from training.dream import dream_candidates, dream_generator, dream_scores, dream_video, load_dream_starts
 from training.learning_curve import LearningCurve
 from training.population import run_episodes
 from training.train_utils import run_cli, run_stage
@@ -138,12 +141,7 @@ def train_controller(cfg: Config) -> Path:
                 if dream:
                     # The same start latents for every candidate, as the real envs share seeds: equal terms.
                     generator = dream_generator(cfg.experiment.seed, "fitness", generation, device)
-                    start_z = sample_start_latents(*starts, rollouts, generator).repeat(c.population_size, 1)
-                    params = torch.as_tensor(np.repeat(solutions, rollouts, axis=0), dtype=torch.float32, device=device)
-                    returns, lengths, _ = dream_rollouts(policy.mdnrnn, policy.layer_shapes, params, start_z, action_space,
-                                                         c.temperature, c.dream_max_steps, generator, c.inputs,
-                                                         c.sample_actions, action_mapping=c.action_mapping,
-                                                         done_rule=c.dream_done)
+                    returns, lengths, _ = dream_candidates(policy, cfg, starts, solutions, rollouts, generator)
                 else:
                     seeds = np.tile(episode_seeds(cfg, "controller", generation * rollouts % 10**6, rollouts), c.population_size)
                     returns, lengths, _ = run_episodes(policy, pool, np.repeat(solutions, rollouts, axis=0), seeds)
@@ -166,7 +164,8 @@ def train_controller(cfg: Config) -> Path:
                                   lengths.sum() / elapsed, step)
 
                 if step % c.eval_every == 0 or step == c.generations:
-                    # Score the mean and the generation's best on fresh episodes; the better one competes for "best".
+                    # Score the mean and the generation's best on the evaluation episodes; the better one competes
+                    # with the kept best.
                     candidates = np.stack([es.mean, solutions[int(np.argmax(fitness))]]).astype(np.float32)
                     eval_seeds = episode_seeds(cfg, "controller_eval", 0, c.eval_episodes)
                     eval_returns, eval_lengths, _ = run_episodes(policy, pool, np.repeat(candidates, c.eval_episodes, axis=0),
