@@ -47,7 +47,7 @@ from models.vae import ConvVAE, sample_latent
 from training.latents import load_or_encode_latents, rollouts_fingerprint
 from utils.data import require_episodes
 from utils.errors import WorldModelsError
-from utils.files import atomic_path, experiment_dir
+from utils.files import experiment_dir, read_fingerprinted_npz, write_fingerprinted_npz
 
 # Independent random streams of the dream, one per use, so e.g. recording a video never shifts fitness.
 DREAM_PURPOSES = {"fitness": 0, "video": 1, "evaluate": 2, "reevaluate": 3}
@@ -124,20 +124,15 @@ def load_dream_starts(cfg: Config, vae: ConvVAE, device: torch.device) -> tuple[
     fingerprints = {"vae_fingerprint": weights_fingerprint(vae)}
     if paths:
         fingerprints["rollouts_fingerprint"] = rollouts_fingerprint(paths)
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            if all(name in archive.files and str(archive[name]) == value for name, value in fingerprints.items()):
-                return (torch.as_tensor(archive["start_mu"], device=device),
-                        torch.as_tensor(archive["start_logvar"], device=device))
+    saved, _ = read_fingerprinted_npz(path, fingerprints, ("start_mu", "start_logvar"))
+    if saved is not None:
+        return torch.as_tensor(saved["start_mu"], device=device), torch.as_tensor(saved["start_logvar"], device=device)
     if not paths:
         require_episodes(cfg)  # its one-line error: which folder is empty and the command that fills it
     cache = load_or_encode_latents(cfg, vae, paths, device)
     # Every frame's latents can be hundreds of MB; the dream keeps the first frames' only.
     start_mu, start_logvar = episode_start_latents(cache.mu, cache.logvar, cache.offsets, "cpu")
-    with atomic_path(path) as tmp_path:
-        with open(tmp_path, "wb") as handle:
-            np.savez(handle, start_mu=start_mu.numpy(), start_logvar=start_logvar.numpy(),
-                     **{name: np.str_(value) for name, value in fingerprints.items()})
+    write_fingerprinted_npz(path, fingerprints, start_mu=start_mu.numpy(), start_logvar=start_logvar.numpy())
     return start_mu.to(device), start_logvar.to(device)
 
 

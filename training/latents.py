@@ -24,7 +24,7 @@ from models.vae import ConvVAE, frames_to_input
 from training.distributed import print_main
 from utils.data import FrameChunkLoader, load_episode
 from utils.errors import WorldModelsError
-from utils.files import atomic_path, experiment_dir
+from utils.files import experiment_dir, read_fingerprinted_npz, write_fingerprinted_npz
 
 
 def latent_cache_path(cfg: Config) -> Path:
@@ -117,12 +117,11 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
     path = latent_cache_path(cfg)
     vae_fingerprint = weights_fingerprint(vae)
     fingerprints = {"vae_fingerprint": vae_fingerprint, "rollouts_fingerprint": rollouts_fingerprint(paths)}
+    saved, stale = read_fingerprinted_npz(path, fingerprints, LatentCache._fields)
+    if saved is not None:
+        print_main(f"mdnrnn: latent cache {path} is up to date")
+        return LatentCache(**saved)
     if path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
-            if not stale:
-                print_main(f"mdnrnn: latent cache {path} is up to date")
-                return LatentCache(*(archive[key] for key in LatentCache._fields))
         print(f"mdnrnn: latent cache {path} is stale ({' and '.join(n.split('_')[0] for n in stale)} changed); re-encoding")
     keys = episode_keys(paths)
     known = _cached_episodes([path, *reuse], vae_fingerprint, set(keys))
@@ -140,10 +139,7 @@ def load_or_encode_latents(cfg: Config, vae: ConvVAE, paths: list[Path], device:
     cache = LatentCache(*(np.concatenate([columns[i] for columns in per_episode]) for i in range(len(_PER_FRAME))),
                         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                         episode_names=np.array([episode.name for episode in paths]))
-    with atomic_path(path) as tmp_path:
-        with open(tmp_path, "wb") as handle:
-            np.savez(handle, **cache._asdict(), episode_keys=np.array(keys),
-                     **{name: np.str_(value) for name, value in fingerprints.items()})
+    write_fingerprinted_npz(path, fingerprints, **cache._asdict(), episode_keys=np.array(keys))
     print(f"mdnrnn: encoded {len(new_paths)} episodes ({len(cache.mu)} frames in all) into {path}")
     return cache
 

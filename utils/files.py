@@ -10,8 +10,9 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from config import Config, config_from_dict, config_to_dict
@@ -83,6 +84,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_fingerprinted_npz(path: Path, fingerprints: dict[str, str], **arrays: Any) -> None:
+    """Write `arrays` to the .npz `path` atomically, with each fingerprint (what the arrays were derived
+    from, e.g. V's weights) stored beside them as a string entry for `read_fingerprinted_npz`."""
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            np.savez(handle, **arrays, **{name: np.str_(value) for name, value in fingerprints.items()})
+
+
+def read_fingerprinted_npz(path: Path, fingerprints: dict[str, str],
+                           keys: Sequence[str]) -> tuple[Optional[dict[str, Any]], list[str]]:
+    """A derived file that is still valid: `({key: array}, [])` when `path` holds every fingerprint with
+    the given value; otherwise `(None, the names of the missing or changed fingerprints)` (all of them
+    when there is no file), so the caller rebuilds it."""
+    if not Path(path).is_file():
+        return None, list(fingerprints)
+    with np.load(path, allow_pickle=False) as archive:
+        stale = [name for name, value in fingerprints.items() if name not in archive.files or str(archive[name]) != value]
+        return (None, stale) if stale else ({key: archive[key] for key in keys}, [])
 
 
 def write_results_table(folder: Path, stem: str, markdown: str, data: dict[str, Any]) -> Path:
