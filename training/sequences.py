@@ -58,9 +58,11 @@ class SequenceSampler:
     def epoch_windows(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(episode ids, starts), shuffled: ceil(T/L) windows per episode of length T.
 
-        Starts are drawn uniformly from [-(L-1), T-1] and clipped to [0, T-L]: every frame, the first
-        and last included, is covered with the same probability (a plain uniform start in [0, T-L]
-        would almost never show M an episode's final, done-carrying step), and windows stay full.
+        Starts are drawn uniformly from [-(L-1), T-1] and clipped to [0, T-L], so windows stay full and
+        the first and last frames are covered as often as a frame mid-episode (a plain uniform start in
+        [0, T-L] would almost never show M an episode's final, done-carrying step). The clipping piles
+        the out-of-range starts onto the two end windows, so frames near, but not at, either end are
+        covered more often: up to (2L-1)/L times as often, at L-1 steps from the first or last frame.
         """
         length = self.sequence_length
         counts = self.windows_per_episode()
