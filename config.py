@@ -246,7 +246,8 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         # Rows 34..194 are the playfield; the score bar above carries no state V needs.
         "env.crop_top": 34,
         "env.crop_bottom": 16,
-        "env.max_episode_steps": 2000,
+        "env.max_episode_steps": 27_000,  # whole games: ALE v5's own cap of 108,000 frames, 4 a step
+        "collect.max_episode_steps": 2000,  # random play: enough of a game for V and M
         "collect.policy": "repeat",
         "collect.num_rollouts": 500,
         "ppo.total_timesteps": 10_000_000,
@@ -254,7 +255,8 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
     "ALE/Breakout-v5": {
         "env.crop_top": 32,
         "env.crop_bottom": 14,
-        "env.max_episode_steps": 2000,
+        "env.max_episode_steps": 27_000,  # whole games: ALE v5's own cap of 108,000 frames, 4 a step
+        "collect.max_episode_steps": 2000,  # random play: enough of a game for V and M
         "collect.policy": "repeat",
         "collect.num_rollouts": 500,
         "ppo.total_timesteps": 10_000_000,

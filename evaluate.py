@@ -138,7 +138,8 @@ def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any,
     if method == "ppo":
         _trained_config(cfg, "ppo")  # a clear message when it is missing
         agent = PPOAgent.from_checkpoint(cfg, device)
-        env = make_ppo_eval_env(agent.config, render_mode="rgb_array")
+        # The checkpoint's observation pipeline; this command's episode cap, as for every method.
+        env = make_ppo_eval_env(agent.config, render_mode="rgb_array", max_episode_steps=cfg.env.max_episode_steps)
         shape = env.observation_space.shape
         observes = (f"{shape[1]}x{shape[2]} gray x{shape[0]}" if len(shape) == 3 else f"state vector ({shape[0]})")
         return agent, env, observes
@@ -151,8 +152,11 @@ _worker: dict = {}
 
 
 def _init_worker(method: str, cfg: Config, device: str) -> None:
-    if multiprocessing.parent_process() is not None:  # a worker process: one core each
+    if multiprocessing.parent_process() is not None:
+        # A forked worker process: one core each, and the CPU, since CUDA cannot be re-initialised in a
+        # fork of a process that used it (the parent built the agent on `device` to fail fast).
         torch.set_num_threads(1)
+        device = "cpu"
     _worker["agent"], _worker["env"], _ = make_agent_and_env(method, cfg, device)
 
 

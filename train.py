@@ -25,7 +25,7 @@ from training.train_controller import train_controller
 from training.train_mdnrnn import train_mdnrnn
 from training.train_utils import add_common_args, config_from_args, run_cli
 from training.train_vae import train_vae
-from utils.data import require_episodes, rollout_dir
+from utils.data import is_shared_rollout_dir, require_episodes, rollout_dir
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, load_checkpoint
 from utils.workers import configure_backend
@@ -56,6 +56,10 @@ def run_pipeline(cfg: Config, skip: frozenset[str] = frozenset(), force: frozens
     """Run the stages in order. `force` redoes a stage and every stage after it (they depend on it)."""
     configure_backend(cfg.experiment)  # local processes or Ray, for callers that skip the CLI's config_from_args
     first_forced = min((STAGES.index(stage) for stage in force), default=len(STAGES))
+    if first_forced == 0 and is_shared_rollout_dir(cfg):
+        raise WorldModelsError(f"--force collect would delete {rollout_dir(cfg)}, the random data every experiment on "
+                               f"{cfg.env.env_id} shares; delete it by hand, or give this run its own data set with "
+                               f"--set collect.rollout_folder=<name>")
     for stage in STAGES:  # before any work: a skipped stage's output must already be there
         if stage in skip:
             _require_artifact(cfg, stage)

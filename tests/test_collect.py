@@ -157,6 +157,11 @@ def test_random_controller_data_is_the_papers_carracing_policy_and_a_function_of
     cfg.collect.policy, cfg.collect.num_rollouts = "random_walk", 3
     with pytest.raises(WorldModelsError, match="holds episodes of collect.policy=random_controller"):
         collect(cfg)
+    # Nor another --seed's: a run's data would depend on which seed ran first.
+    cfg.collect.policy, cfg.experiment.seed = "random_controller", cfg.experiment.seed + 1
+    with pytest.raises(WorldModelsError, match="holds episodes of other seeds .*collect.rollout_folder"):
+        collect(cfg)
+    cfg.collect.policy, cfg.experiment.seed = "random_walk", cfg.experiment.seed - 1
     # A data set of its own goes beside the shared one and leaves it alone.
     cfg.collect.rollout_folder = "walk"
     walk = collect(cfg)

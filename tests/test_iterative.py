@@ -11,7 +11,7 @@ from conftest import isolate
 from config import get_config
 from models.controller import explore_actions
 from models.loaders import load_world_model_agent
-from train import iteration_config, run_iterations
+from train import iteration_config, run_iterations, run_pipeline
 from training.collect import collect
 from training.latents import latent_cache_path
 from utils.data import list_episodes, load_episode, load_episode_metadata, require_episodes, rollout_dir
@@ -87,6 +87,16 @@ def test_collecting_with_a_controller_needs_its_experiment(smoke_config):
     # get_config refuses it, so the stage never starts.
     with pytest.raises(WorldModelsError, match="collect.controller_experiment"):
         collect(smoke_config("LunarLander-v3", ["collect.policy=controller"]))
+
+
+def test_forcing_collection_never_deletes_the_envs_shared_random_data(smoke_config):
+    cfg = smoke_config("LunarLander-v3", ["collect.num_rollouts=5"])
+    shared = rollout_dir(cfg)
+    shared.mkdir(parents=True)
+    (shared / "ep_000000.npz").write_bytes(b"another experiment's episode")
+    with pytest.raises(WorldModelsError, match="--force collect would delete .*collect.rollout_folder=<name>"):
+        run_pipeline(cfg, force=frozenset({"collect"}))
+    assert (shared / "ep_000000.npz").read_bytes() == b"another experiment's episode"
 
 
 def test_iteration_configs_chain_agents_and_union_the_data(smoke_config):

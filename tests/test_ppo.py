@@ -169,6 +169,22 @@ def test_atari_envs_stack_84x84_frames_and_clip_rewards_only_for_training(tmp_pa
     assert isinstance(next(w for w in _wrapper_chain(train_env) if isinstance(w, EpisodicLife)), EpisodicLife)
 
 
+@pytest.mark.parametrize("env_id, overrides, ppo_steps", [
+    ("ALE/Pong-v5", (), 30),  # ALE v5's step and PPO's are both 4 frames
+    ("ALE/Pong-v5", ("ppo.frame_skip=2",), 60),
+    ("LunarLander-v3", ("ppo.observation=pixels", "ppo.frame_skip=4"), 8),  # 4 Box2D steps a PPO step
+    ("LunarLander-v3", (), 30),  # state: one step each
+])
+def test_evaluation_caps_ppo_at_the_env_steps_every_method_plays(tmp_path, env_id, overrides, ppo_steps):
+    env = make_ppo_eval_env(tiny_config(tmp_path, env_id, *overrides), max_episode_steps=30)
+    env.reset(seed=0)
+    for step in itertools.count(1):
+        _, _, terminated, truncated, _ = env.step(0)  # NOOP: survives 30 env steps in both games
+        if terminated or truncated:
+            break
+    assert (step, terminated, truncated) == (ppo_steps, False, True)
+
+
 def test_whole_game_evaluation_serves_after_a_lost_life(tmp_path):
     """A policy that never presses FIRE still loses its 5 Breakout lives quickly, instead of standing
     still after the first one until the 27,000-step time limit."""

@@ -197,7 +197,7 @@ def evaluate_ppo(cfg: Config, episodes: int, device: Union[str, torch.device] = 
     """Returns `(episodes,)` of the deterministic agent on `make_ppo_eval_env`, on the same seeded
     episodes as `evaluate.py` (disjoint from every training seed)."""
     agent = PPOAgent.from_checkpoint(cfg, device)
-    env = make_ppo_eval_env(agent.config)
+    env = make_ppo_eval_env(agent.config, max_episode_steps=cfg.env.max_episode_steps)
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
     returns = [run_episode(env, agent, int(seed), record=False).total_reward for seed in seeds]
     env.close()

@@ -176,10 +176,24 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None)
     return env
 
 
-def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Optional[str] = None) -> gym.Env:
+# ALE v5's frames per env step, which every other method's env keeps (PPO's Atari env skips frames itself).
+ALE_V5_FRAMESKIP = 4
+
+
+def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Optional[str] = None,
+                      max_episode_steps: Optional[int] = None) -> gym.Env:
     """A single env with training's observation pipeline minus the training-only wrappers; rewards
-    are the true ones and an Atari episode is a whole game. `seed` seeds its first reset."""
+    are the true ones and an Atari episode is a whole game. `seed` seeds its first reset.
+
+    `max_episode_steps` caps an episode at that many steps *of the env itself*, as World Models and
+    random play it (`env.max_episode_steps`), so every method plays the same task: a PPO step is
+    `ppo.frame_skip` frames (Atari: ALE v5's step is 4) or env steps, and the cap is converted.
+    """
     env = make_ppo_env(cfg, training=False, render_mode=render_mode)
+    if max_episode_steps:
+        frames_per_env_step = ALE_V5_FRAMESKIP if is_atari(resolve_env_id(cfg.env.env_id)) else 1
+        frames_per_ppo_step = cfg.ppo.frame_skip if resolve_observation(cfg) == "pixels" else 1
+        env = gym.wrappers.TimeLimit(env, -(-max_episode_steps * frames_per_env_step // frames_per_ppo_step))
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

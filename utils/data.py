@@ -63,7 +63,12 @@ def rollout_dir(cfg: Config) -> Path:
     root = Path(cfg.experiment.data_dir) / cfg.env_slug
     if cfg.collect.rollout_folder:
         return root / cfg.collect.rollout_folder / "rollouts"
-    return (root / cfg.experiment_name if cfg.collect.policy == "controller" else root) / "rollouts"
+    return (root if is_shared_rollout_dir(cfg) else root / cfg.experiment_name) / "rollouts"
+
+
+def is_shared_rollout_dir(cfg: Config) -> bool:
+    """Whether `rollout_dir(cfg)` is the env's shared random-data folder, which other experiments read too."""
+    return not cfg.collect.rollout_folder and cfg.collect.policy != "controller"
 
 
 def episode_path(folder: Path, index: int) -> Path:

@@ -297,11 +297,17 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
         stale.unlink()
     on_disk = list_episodes(folder)
     existing = {int(p.stem.split("_")[1]) for p in on_disk}
-    if on_disk and (found := load_episode_metadata(on_disk[0])["policy"]) != cfg.collect.policy:
-        # Random-policy data is shared by every experiment on the env: never mix, or silently reuse, another policy's.
-        raise WorldModelsError(f"{folder} holds episodes of collect.policy={found}, but this run collects "
-                               f"collect.policy={cfg.collect.policy}; give this data set its own "
-                               f"collect.rollout_folder=<name>, or move them away")
+    if on_disk:
+        # Random-policy data is shared by every experiment on the env: never mix, or silently reuse, another
+        # policy's or another --seed's (which would make a run depend on what ran before it).
+        found = load_episode_metadata(on_disk[0])
+        index = int(on_disk[0].stem.split("_")[1])
+        mismatch = (f"collect.policy={found['policy']}" if found["policy"] != cfg.collect.policy
+                    else "other seeds (another --seed or collect.seed_offset)"
+                    if found["seed"] != collect_episode_seed(cfg, index) else None)
+        if mismatch:
+            raise WorldModelsError(f"{folder} holds episodes of {mismatch}, unlike this run's; give this data set "
+                                   f"its own collect.rollout_folder=<name>, or move them away")
     pending = [i for i in range(cfg.collect.num_rollouts) if i not in existing]
     if backend == "envpool":
         where = f"EnvPool, {min(ENVPOOL_COLLECT_BATCH, max(1, len(pending)))} envs at a time"

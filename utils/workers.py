@@ -69,8 +69,9 @@ def parallel_map(
 
         yield from ray_backend.parallel_map(function, items, workers, initializer, initargs, ray_address())
         return
-    # forkserver/spawn would re-import torch in each worker (seconds); fork is safe here because
-    # workers are started before any thread of ours exists.
+    # forkserver/spawn would re-import torch in each worker (seconds), so workers are forked. A forked
+    # child inherits this process's state but can use neither its threads nor its CUDA context (CUDA
+    # cannot be re-initialised after a fork): initializers build what the worker needs on the CPU.
     context = mp.get_context("fork")
     pool = context.Pool(workers, initializer=initializer, initargs=initargs)
     try:
