@@ -141,7 +141,9 @@ def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any,
         # The checkpoint's observation pipeline; this command's episode cap, as for every method.
         env = make_ppo_eval_env(agent.config, render_mode="rgb_array", max_episode_steps=cfg.env.max_episode_steps)
         shape = env.observation_space.shape
-        observes = (f"{shape[1]}x{shape[2]} gray x{shape[0]}" if len(shape) == 3 else f"state vector ({shape[0]})")
+        ppo = agent.config.ppo
+        observes = (f"{shape[1]}x{shape[2]} {'gray' if ppo.grayscale else 'RGB'} x{ppo.frame_stack}" if len(shape) == 3
+                    else f"state vector ({shape[0]})")
         return agent, env, observes
     if method == "random":
         return RandomAgent(env_action_space(cfg.env), "uniform"), _frame_env(cfg.env), "nothing (uniform random actions)"
@@ -302,10 +304,22 @@ def format_table(summaries: list[Summary]) -> str:
     return "\n".join(lines)
 
 
+def _strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (one episode's infinite CI) as None: strict JSON has no Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
 def write_results(folder: Path, name: str, summaries: list[Summary], rows: list[dict], extra: Optional[dict] = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    results = {"summaries": [asdict(s) for s in summaries], **(extra or {}), "episodes": rows}
     with atomic_path(folder / f"eval_{name}.json") as tmp:
-        tmp.write_text(json.dumps({"summaries": [asdict(s) for s in summaries], **(extra or {}), "episodes": rows}, indent=2))
+        tmp.write_text(json.dumps(_strict_json(results), indent=2, allow_nan=False))
     with atomic_path(folder / f"eval_{name}_episodes.csv") as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["method", "episode", "seed", "return", "length"])

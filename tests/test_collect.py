@@ -87,6 +87,7 @@ def test_killed_collection_resumes_without_duplicates_or_partial_files(tmp_path,
         (["--set", "collect.num_rollout=3"], "unknown config key 'collect.num_rollout'; valid keys:"),
         (["--set", "collect.workers=two"], "bad value 'two' for collect.workers: expected an integer"),
         (["--set", "collect.policy=brownian"], "unknown collect.policy 'brownian'; valid: uniform, repeat, random_walk"),
+        (["--seed", "100"], "experiment.seed must be in 0..99, got 100"),
         (["--set", "collect.rollout_folder=../walls"], "bad collect.rollout_folder '../walls'; valid: empty or one folder"),
     ],
 )

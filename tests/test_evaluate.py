@@ -53,6 +53,14 @@ def test_same_seeds_give_the_same_returns_and_outputs_agree(tmp_path, capsys):
     assert f"{summary['mean']:.1f} ± {summary['std']:.1f}" in table
 
 
+def test_a_single_episode_writes_strict_json_with_no_interval(tmp_path):
+    cfg = isolate(get_config("CartPole-v1", overrides=["env.max_episode_steps=20"]), tmp_path)
+    evaluate(cfg, "random", episodes=1, workers=1)
+    text = (tmp_path / "results" / "cartpole-v1" / "eval_random.json").read_text()
+    summary = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert summary["summaries"][0]["ci95_low"] is None and summary["summaries"][0]["episodes"] == 1
+
+
 def test_compare_with_a_missing_method_names_the_training_command(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--env", "LunarLander-v3", "--method", "compare",

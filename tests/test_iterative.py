@@ -14,7 +14,8 @@ from models.loaders import load_world_model_agent
 from train import iteration_config, run_iterations, run_pipeline
 from training.collect import collect
 from training.latents import latent_cache_path
-from utils.data import list_episodes, load_episode, load_episode_metadata, require_episodes, rollout_dir
+from utils.data import (episode_path, list_episodes, load_episode, load_episode_metadata, require_episodes, rollout_dir,
+                        split_episodes)
 from utils.environment import collect_episode_seed, make_frame_env, run_episode
 from utils.errors import WorldModelsError
 
@@ -87,6 +88,16 @@ def test_collecting_with_a_controller_needs_its_experiment(smoke_config):
     # get_config refuses it, so the stage never starts.
     with pytest.raises(WorldModelsError, match="collect.controller_experiment"):
         collect(smoke_config("LunarLander-v3", ["collect.policy=controller"]))
+
+
+def test_an_episode_stays_on_its_side_of_the_validation_split_when_rounds_are_added(tmp_path):
+    round_1 = [episode_path(tmp_path / "random", i) for i in range(45)]
+    round_2 = [episode_path(tmp_path / "iter2", i) for i in range(30)]
+    train_1, val_1 = split_episodes(round_1, 0.05)
+    assert val_1 == [round_1[0], round_1[20], round_1[40]] and len(train_1) == 42
+    train_2, val_2 = split_episodes(round_2 + round_1, 0.05)  # the new round's folder comes first
+    assert set(val_1) <= set(val_2) and set(train_1) <= set(train_2)  # a warm-started M never validates on its training data
+    assert set(val_2) - set(val_1) == {round_2[0], round_2[20]}
 
 
 def test_forcing_collection_never_deletes_the_envs_shared_random_data(smoke_config):

@@ -84,7 +84,8 @@ class EpochLoop:
         self.model.load_state_dict(checkpoint["model"])
         if "optimizer" in checkpoint:  # absent from a weights-only export (tools/export_weights.py):
             self.optimizer.load_state_dict(checkpoint["optimizer"])  # more epochs then start Adam afresh
-            self.scaler.load_state_dict(checkpoint["grad_scaler"])
+            if checkpoint["grad_scaler"]:  # a disabled scaler (CPU, bf16) saved {}: an fp16 resume starts afresh
+                self.scaler.load_state_dict(checkpoint["grad_scaler"])
         self.start_epoch, self.global_step = checkpoint["epoch"], checkpoint["global_step"]
         self.best_val_loss = checkpoint["best_val_loss"]
         if self.start_epoch >= self.epochs:

@@ -119,7 +119,7 @@ def validate(model: ConvVAE, loader: FrameChunkLoader, cfg: Config, device: torc
     model.eval()
     sums = {"total_loss": 0.0, "recon_loss": 0.0, "kl_loss": 0.0}
     frames_seen, pixels_within, foreground_pixels, foreground_within = 0, 0, 0, 0
-    mu_sum = mu_sq_sum = std_sum = torch.zeros(cfg.vae.latent_size, dtype=torch.float64, device=device)
+    mu_sum, mu_sq_sum, std_sum = (torch.zeros(cfg.vae.latent_size, dtype=torch.float64, device=device) for _ in range(3))
     for frames_uint8 in loader:
         frames = torch.from_numpy(frames_uint8)
         x = frames_to_input(frames.pin_memory() if device.type == "cuda" else frames, device, cfg.vae.channels_last)

@@ -75,6 +75,11 @@ def episode_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"ep_{index:06d}.npz"
 
 
+def episode_index(path: Path) -> int:
+    """`.../ep_000123.npz` -> 123, the episode's index in its collection (its seed's index)."""
+    return int(Path(path).stem.split("_")[1])
+
+
 def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compress: bool = False) -> None:
     """Write one episode atomically (temp file + rename)."""
     save = np.savez_compressed if compress else np.savez
@@ -133,12 +138,15 @@ def require_episodes(cfg: Config) -> list[Path]:
 
 
 def split_episodes(paths: Sequence[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
-    """Hold out every k-th episode for validation (deterministic; at least one each when possible)."""
+    """Hold out the episodes whose index is a multiple of k = round(1 / val_fraction) for validation, in
+    every folder (so at least one each when possible). An episode's side depends on its own index only:
+    it stays put when a folder grows or another round's folder joins the list, so a model warm-started
+    from an earlier round (`mdnrnn.init_from`) never validates on episodes it trained on."""
     paths = list(paths)
     if len(paths) < 2 or val_fraction <= 0:
         return paths, paths[:0]
     stride = max(2, int(round(1.0 / val_fraction)))
-    val = paths[::stride]
+    val = [p for p in paths if episode_index(p) % stride == 0]
     held_out = set(val)
     return [p for p in paths if p not in held_out], val
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
 from utils.actions import action_size, action_to_vector
-from utils.data import Episode, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
+from utils.data import Episode, episode_index, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import ensure_writable_dir, experiment_dir, make_writer
@@ -296,12 +296,12 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     for stale in folder.glob(".ep_*.tmp.npz"):  # left by a worker killed mid-write
         stale.unlink()
     on_disk = list_episodes(folder)
-    existing = {int(p.stem.split("_")[1]) for p in on_disk}
+    existing = {episode_index(p) for p in on_disk}
     if on_disk:
         # Random-policy data is shared by every experiment on the env: never mix, or silently reuse, another
         # policy's or another --seed's (which would make a run depend on what ran before it).
         found = load_episode_metadata(on_disk[0])
-        index = int(on_disk[0].stem.split("_")[1])
+        index = episode_index(on_disk[0])
         mismatch = (f"collect.policy={found['policy']}" if found["policy"] != cfg.collect.policy
                     else "other seeds (another --seed or collect.seed_offset)"
                     if found["seed"] != collect_episode_seed(cfg, index) else None)

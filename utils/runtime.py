@@ -19,7 +19,7 @@ from utils.errors import WorldModelsError
 
 # Episode seeds: `purpose * 10^8 + experiment.seed * 10^6 + index`, so collection, controller training,
 # the controller's re-evaluation and final evaluation never play the same episode, and each range
-# depends on the one --seed. All stay below 2^31, which ALE requires.
+# depends on the one --seed (0..99, checked by config.FIELD_RULES). All stay below 2^31, which ALE requires.
 SEED_PURPOSES = {"collect": 0, "controller": 1, "controller_eval": 2, "evaluate": 3, "ppo": 4}
 
 
@@ -34,7 +34,7 @@ def episode_seeds(cfg: Config, purpose: str, start: int, count: int) -> np.ndarr
     """(count,) int64 env seeds for episodes start .. start+count-1 of `purpose`."""
     if not 0 <= start and start + count <= 10**6:
         raise WorldModelsError(f"episode indices {start}..{start + count} exceed the 10^6 per-purpose seed range")
-    base = SEED_PURPOSES[purpose] * 10**8 + (cfg.experiment.seed % 100) * 10**6
+    base = SEED_PURPOSES[purpose] * 10**8 + cfg.experiment.seed * 10**6
     return base + np.arange(start, start + count, dtype=np.int64)
 
 
