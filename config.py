@@ -642,7 +642,6 @@ FIELD_RULES: dict[str, Rule] = {
     "ppo.checkpoint_every": _at_least(1),
     "ppo.vector_env": _one_of(PPO_VECTOR_ENVS),
     "ppo.torch_threads": _at_least(0),
-    "experiment.seed": _at_least(0),
     # Episode seeds hold the run's seed in two digits (utils.runtime.episode_seeds): 3 and 103 would
     # play the same episodes.
     "experiment.seed": _bounded(lambda value: 0 <= value <= 99, "in 0..99"),
