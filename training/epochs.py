@@ -36,6 +36,7 @@ from tqdm import tqdm
 from config import Config
 from training.distributed import DistributedContext, distributed_session, print_main
 from training.train_utils import make_grad_scaler
+from utils.data import split_episodes
 from utils.files import best_checkpoint_path, checkpoint_path, make_writer, save_checkpoint
 from utils.runtime import seed_everything
 
@@ -43,6 +44,23 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 LOG_EVERY = 20  # steps between logged training losses (each log is one all_reduce under torchrun)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s shuffling and sampling: a function of (--seed, epoch) only, so a resumed
+    stage draws what an uninterrupted one would have."""
+    return seed * 100_003 + epoch
+
+
+def split_for_validation(paths: list[Path], val_fraction: float, stage: str) -> tuple[list[Path], list[Path]]:
+    """(training, validation) episodes (`utils.data.split_episodes`); with none held out (one episode, or
+    a val_fraction of 0) the stage validates on its training episodes, and says so."""
+    train_paths, val_paths = split_episodes(paths, val_fraction)
+    if not val_paths:
+        print_main(f"{stage}: note: no episodes held out (one episode, or {stage}.val_fraction=0); validating on the "
+                   f"training episodes")
+        val_paths = train_paths
+    return train_paths, val_paths
 
 
 def run_data_parallel(train: Callable[[Config, DistributedContext], Path], cfg: Config) -> Path:

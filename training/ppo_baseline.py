@@ -94,6 +94,8 @@ def train_ppo(cfg: Config) -> Path:
             optimizer.load_state_dict(checkpoint["optimizer"])
             global_step, iteration = checkpoint["global_step"], checkpoint["iteration"]
             torch.set_rng_state(checkpoint["torch_rng_state"])
+            if device.type == "cuda" and "cuda_rng_state" in checkpoint:  # on CUDA, sampling draws from the device's
+                torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], device)
             if reward_normalizer is not None and "reward_rms" in checkpoint:
                 reward_normalizer.return_rms.load_state_dict(checkpoint["reward_rms"])
         continuous = policy.continuous
@@ -105,6 +107,8 @@ def train_ppo(cfg: Config) -> Path:
                 action_dim=policy.action_dim, continuous=continuous, torch_rng_state=torch.get_rng_state(),
                 metrics=metrics,
             )
+            if device.type == "cuda":
+                payload["cuda_rng_state"] = torch.cuda.get_rng_state(device)
             if continuous:
                 payload.update(action_low=torch.as_tensor(action_space.low),
                                action_high=torch.as_tensor(action_space.high))

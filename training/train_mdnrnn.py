@@ -37,11 +37,11 @@ from models.loaders import env_action_size, load_mdnrnn, load_mdnrnn_checkpoint,
 from models.mdnrnn import MDNRNN, MDNOutput, masked_mean, mdnrnn_loss, mixture_mean
 from models.vae import ConvVAE, frames_to_input
 from training.distributed import DistributedContext, print_main
-from training.epochs import EpochLoop, run_data_parallel
+from training.epochs import EpochLoop, epoch_seed, run_data_parallel, split_for_validation
 from training.latents import latent_cache_path, load_or_encode_latents
 from training.sequences import SequenceBatch, SequenceSampler, sample_latents
 from training.train_utils import autocast, run_cli, run_stage
-from utils.data import load_episode, require_episodes, split_episodes
+from utils.data import load_episode, require_episodes
 from utils.errors import WorldModelsError
 from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir, require_match, save_checkpoint
 from utils.images import image_grid, save_png
@@ -236,10 +236,7 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
         cache = load_or_encode_latents(cfg, vae, paths, device, [latent_cache_path(source)] if m.init_from else [])
     require_match("action_size (rollouts)", cache.actions.shape[1], actions_width, latent_cache_path(cfg))
     index_of = {path: index for index, path in enumerate(paths)}
-    train_paths, val_paths = split_episodes(paths, m.val_fraction)
-    if not val_paths:
-        print_main("mdnrnn: note: no episodes held out (one episode, or mdnrnn.val_fraction=0); validating on the training episodes")
-        val_paths = train_paths
+    train_paths, val_paths = split_for_validation(paths, m.val_fraction, "mdnrnn")
     train_sampler = SequenceSampler(cache, np.array([index_of[p] for p in train_paths]), m.sequence_length)
     val_sampler = SequenceSampler(cache, np.array([index_of[p] for p in val_paths]), m.sequence_length)
     windows = int(train_sampler.windows_per_episode().sum())
@@ -259,7 +256,7 @@ def _train_mdnrnn(cfg: Config, world: DistributedContext) -> Path:
         # Seeded by epoch, so a resumed run draws the windows and latents an uninterrupted one would have.
         # The windows are drawn alike on every rank (one seed), the latent noise is each rank's own.
         rng = np.random.default_rng([cfg.experiment.seed, epoch])
-        generator = torch.Generator(device).manual_seed(world.rank_seed(cfg.experiment.seed * 100_003 + epoch))
+        generator = torch.Generator(device).manual_seed(world.rank_seed(epoch_seed(cfg.experiment.seed, epoch)))
         episodes, starts = (world.shard(array) for array in train_sampler.epoch_windows(rng))
         data_seconds = 0.0
         loop.begin_epoch(epoch, steps_per_epoch)

@@ -27,9 +27,9 @@ from config import Config
 from models.loaders import load_vae_checkpoint
 from models.vae import ConvVAE, background_distance, foreground_weights, frames_to_input, vae_loss
 from training.distributed import DistributedContext, print_main
-from training.epochs import EpochLoop, run_data_parallel
+from training.epochs import EpochLoop, epoch_seed, run_data_parallel, split_for_validation
 from training.train_utils import autocast, run_cli, run_stage
-from utils.data import FrameChunkLoader, load_episode, require_episodes, split_episodes
+from utils.data import FrameChunkLoader, load_episode, require_episodes
 from utils.errors import WorldModelsError
 from utils.files import experiment_dir
 from utils.images import image_grid, save_png
@@ -242,15 +242,12 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
     train_model = world.wrap(model)  # `model` itself in one process; checkpoints and validation use `model`
 
     per_rank_batch = world.per_rank_batch(v.batch_size, "vae.batch_size")
-    train_paths, val_paths = split_episodes(require_episodes(cfg), v.val_fraction)
-    if not val_paths:
-        print_main("vae: note: no episodes held out (one episode, or vae.val_fraction=0); validating on the training frames")
-        val_paths = train_paths
+    train_paths, val_paths = split_for_validation(require_episodes(cfg), v.val_fraction, "vae")
     episode_lengths = _episode_lengths(train_paths)
 
     def train_loader(epoch: int) -> FrameChunkLoader:
         # Seeded by epoch, so a resumed run sees the batches an uninterrupted one would have.
-        return FrameChunkLoader(train_paths, per_rank_batch, v.episodes_per_chunk, cfg.experiment.seed * 100_003 + epoch,
+        return FrameChunkLoader(train_paths, per_rank_batch, v.episodes_per_chunk, epoch_seed(cfg.experiment.seed, epoch),
                                 rank=world.rank, world_size=world.world_size)
 
     steps_per_epoch = _steps_per_epoch(cfg, train_loader(loop.start_epoch), episode_lengths)
