@@ -44,6 +44,7 @@ from utils.errors import WorldModelsError
 from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
 from utils.images import upscale
 from utils.runtime import episode_seeds, resolve_device
+from utils.stats import difference_of_means, mean_with_ci95
 from utils.video import log_video, write_mp4
 from utils.workers import parallel_map
 
@@ -74,35 +75,13 @@ class Summary:
     backend: str = "gymnasium"  # who stepped the env (published numbers are Gymnasium's)
 
 
-def t_quantile_975(dof: float) -> float:
-    """Two-sided 95% quantile of Student's t with `dof` degrees of freedom."""
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, dof)) if dof > 0 else math.inf
-
-
 def summarize(method: str, returns: np.ndarray, lengths: np.ndarray, wall_seconds: float, observes: str,
               backend: str = "gymnasium") -> Summary:
     """Mean, sample std (ddof=1), t-based 95% confidence interval of the mean, and order statistics."""
-    n = len(returns)
-    mean = float(np.mean(returns))
-    std = float(np.std(returns, ddof=1)) if n > 1 else 0.0
-    half_width = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.inf
-    return Summary(method, n, mean, std, mean - half_width, mean + half_width, float(np.median(returns)),
+    mean, std, low, high = mean_with_ci95(returns)
+    return Summary(method, len(returns), mean, std, low, high, float(np.median(returns)),
                    float(np.min(returns)), float(np.max(returns)), float(np.mean(lengths)), wall_seconds, observes,
                    backend)
-
-
-def difference_of_means(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """mean(a) - mean(b) with Welch's 95% confidence interval (unequal variances)."""
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    difference = float(np.mean(a) - np.mean(b))
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return difference, difference, difference
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half_width = t_quantile_975(dof) * se
-    return difference, difference - half_width, difference + half_width
 
 
 # ------------------------------------------------------------------------------- agents and envs

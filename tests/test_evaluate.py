@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from config import get_config
-from evaluate import difference_of_means, evaluate, summarize
+from evaluate import evaluate, summarize
+from utils.stats import difference_of_means
 from tests.conftest import isolate
 
 ROOT = Path(__file__).resolve().parents[1]

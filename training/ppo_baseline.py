@@ -44,6 +44,7 @@ from utils.environment import run_episode
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, load_checkpoint, make_writer, require_match, save_checkpoint
 from utils.runtime import episode_seeds, resolve_device, seed_everything, torch_threads
+from utils.stats import mean_with_ci95
 
 
 def ppo_torch_threads(cfg: Config) -> int:
@@ -219,8 +220,9 @@ def main() -> None:
     if args.eval_episodes > 0:
         start = time.perf_counter()
         returns = evaluate_ppo(cfg, args.eval_episodes)
-        print(f"ppo eval: {cfg.env.env_id} mean return {returns.mean():.1f} +- {returns.std():.1f} "
-              f"(min {returns.min():.1f}, max {returns.max():.1f}) over {args.eval_episodes} episodes "
+        mean, std, low, high = mean_with_ci95(returns)
+        print(f"ppo eval: {cfg.env.env_id} mean return {mean:.1f} ± {std:.1f} (95% CI {low:.1f}-{high:.1f}; min "
+              f"{returns.min():.1f}, max {returns.max():.1f}) over {args.eval_episodes} episodes "
               f"in {time.perf_counter() - start:.0f}s")
 
 
