@@ -26,7 +26,7 @@ def add_common_args(parser: argparse.ArgumentParser, default_env: str = "ALE/Pon
     parser.add_argument("--env", default=default_env, help="Gymnasium env id (default: %(default)s)")
     parser.add_argument("--preset", default="default", help="smoke | default | paper")
     parser.add_argument("--experiment", default="", help="run name (default: the env's slug)")
-    parser.add_argument("--seed", type=int, default=None, help="seeds envs, torch, numpy and CMA-ES")
+    parser.add_argument("--seed", type=int, default=None, help="0..99: seeds envs, torch, numpy and CMA-ES")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--backend", default=None,
                         help="who steps the env: auto (EnvPool where installed and it ports the env) | gymnasium | envpool")
