@@ -88,7 +88,7 @@ class CollectConfig:
     controller_experiment: str = ""  # policy=controller: the experiment whose V, M and C play
     exploration: float = 0.1  # policy=controller: epsilon (discrete) or Gaussian std in half-ranges (Box)
     seed_offset: int = 0  # episode i is played from the seed of index seed_offset + i (new data, new seeds)
-    max_episode_steps: int = 0  # cap on a collected episode; 0 = env.max_episode_steps (the cap C plays under)
+    max_episode_steps: int = 0  # a shorter cap on collected episodes than env.max_episode_steps (C's); 0 = the same
     extra_rollouts: tuple[str, ...] = ()  # more rollout folders V and M train on (the iterative union)
     # A name for this data set of its own: episodes go to data/<env-slug>/<rollout_folder>/rollouts. Empty =
     # data/<env-slug>/rollouts for random policies (shared by every experiment on the env) and
@@ -246,8 +246,7 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         # Rows 34..194 are the playfield; the score bar above carries no state V needs.
         "env.crop_top": 34,
         "env.crop_bottom": 16,
-        "env.max_episode_steps": 27_000,  # whole games: ALE v5's own cap of 108,000 frames, 4 a step
-        "collect.max_episode_steps": 2000,  # random play: enough of a game for V and M
+        "env.max_episode_steps": 2000,  # whole games need 27,000 (ALE v5's 108,000 frames): evaluate with that
         "collect.policy": "repeat",
         "collect.num_rollouts": 500,
         "ppo.total_timesteps": 10_000_000,
@@ -255,8 +254,7 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
     "ALE/Breakout-v5": {
         "env.crop_top": 32,
         "env.crop_bottom": 14,
-        "env.max_episode_steps": 27_000,  # whole games: ALE v5's own cap of 108,000 frames, 4 a step
-        "collect.max_episode_steps": 2000,  # random play: enough of a game for V and M
+        "env.max_episode_steps": 2000,  # whole games need 27,000 (ALE v5's 108,000 frames): evaluate with that
         "collect.policy": "repeat",
         "collect.num_rollouts": 500,
         "ppo.total_timesteps": 10_000_000,

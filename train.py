@@ -56,10 +56,9 @@ def run_pipeline(cfg: Config, skip: frozenset[str] = frozenset(), force: frozens
     """Run the stages in order. `force` redoes a stage and every stage after it (they depend on it)."""
     configure_backend(cfg.experiment)  # local processes or Ray, for callers that skip the CLI's config_from_args
     first_forced = min((STAGES.index(stage) for stage in force), default=len(STAGES))
-    if first_forced == 0 and is_shared_rollout_dir(cfg):
-        raise WorldModelsError(f"--force collect would delete {rollout_dir(cfg)}, the random data every experiment on "
-                               f"{cfg.env.env_id} shares; delete it by hand, or give this run its own data set with "
-                               f"--set collect.rollout_folder=<name>")
+    if first_forced == 0 and is_shared_rollout_dir(cfg) and rollout_dir(cfg).is_dir():
+        raise WorldModelsError(f"--force collect would delete {rollout_dir(cfg)}, data other experiments on "
+                               f"{cfg.env.env_id} may read too; delete it by hand if you mean to")
     for stage in STAGES:  # before any work: a skipped stage's output must already be there
         if stage in skip:
             _require_artifact(cfg, stage)

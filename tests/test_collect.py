@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -42,6 +43,17 @@ def test_collects_exactly_n_episodes_that_replay_from_their_seeds(smoke_config):
         np.testing.assert_array_equal(stored["rewards"], replay.rewards)
         np.testing.assert_array_equal(stored["obs"], replay.obs)
         assert stored["terminated"].sum() <= 1 and not stored["terminated"][:-1].any()
+
+
+def test_the_collection_cap_only_ever_shortens_episodes():
+    from config import get_config
+    from utils.environment import collection_config
+
+    default, smoke = get_config("CarRacing-v3"), get_config("CarRacing-v3", preset="smoke")
+    assert (default.collect.max_episode_steps, default.env.max_episode_steps) == (500, 1000)
+    assert collection_config(default).env.max_episode_steps == 500 and default.env.max_episode_steps == 1000
+    assert collection_config(smoke).env.max_episode_steps == smoke.env.max_episode_steps == 200  # smoke stays short
+    assert collection_config(get_config("LunarLander-v3")).env.max_episode_steps == 1000  # no cap of its own
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
@@ -158,11 +170,15 @@ def test_random_controller_data_is_the_papers_carracing_policy_and_a_function_of
     cfg.collect.policy, cfg.collect.num_rollouts = "random_walk", 3
     with pytest.raises(WorldModelsError, match="holds episodes of collect.policy=random_controller"):
         collect(cfg)
-    # Nor another --seed's: a run's data would depend on which seed ran first.
-    cfg.collect.policy, cfg.experiment.seed = "random_controller", cfg.experiment.seed + 1
+    # Nor other seeds' (another collect.seed_offset, or another --seed's data from before each seed had its
+    # folder): a run's data would depend on what ran first.
+    cfg.collect.policy, cfg.collect.seed_offset = "random_controller", 7
     with pytest.raises(WorldModelsError, match="holds episodes of other seeds .*collect.rollout_folder"):
         collect(cfg)
-    cfg.collect.policy, cfg.experiment.seed = "random_walk", cfg.experiment.seed - 1
+    cfg.collect.policy, cfg.collect.seed_offset = "random_walk", 0
+    other_seed = copy.deepcopy(cfg)
+    other_seed.experiment.seed += 1
+    assert rollout_dir(other_seed) == folder.parent / f"rollouts-seed{other_seed.experiment.seed}"
     # A data set of its own goes beside the shared one and leaves it alone.
     cfg.collect.rollout_folder = "walk"
     walk = collect(cfg)

@@ -105,7 +105,7 @@ def test_forcing_collection_never_deletes_the_envs_shared_random_data(smoke_conf
     shared = rollout_dir(cfg)
     shared.mkdir(parents=True)
     (shared / "ep_000000.npz").write_bytes(b"another experiment's episode")
-    with pytest.raises(WorldModelsError, match="--force collect would delete .*collect.rollout_folder=<name>"):
+    with pytest.raises(WorldModelsError, match="--force collect would delete .*delete it by hand"):
         run_pipeline(cfg, force=frozenset({"collect"}))
     assert (shared / "ep_000000.npz").read_bytes() == b"another experiment's episode"
 

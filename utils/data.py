@@ -57,18 +57,21 @@ class Episode:
 
 def rollout_dir(cfg: Config) -> Path:
     """Where stage 1 writes and V and M first read: `data/<env-slug>/<collect.rollout_folder>/rollouts`
-    when that is set; otherwise random-policy rollouts are shared by every experiment on the env
-    (`data/<env-slug>/rollouts`) and a trained agent's belong to its experiment
-    (`data/<env-slug>/<experiment>/rollouts`)."""
+    when that is set; otherwise random-policy rollouts are shared by every experiment on the env with
+    the same --seed (`data/<env-slug>/rollouts`, `.../rollouts-seed<k>` for seed k > 0: the episodes are
+    the seed's) and a trained agent's belong to its experiment (`data/<env-slug>/<experiment>/rollouts`)."""
     root = Path(cfg.experiment.data_dir) / cfg.env_slug
     if cfg.collect.rollout_folder:
         return root / cfg.collect.rollout_folder / "rollouts"
-    return (root if is_shared_rollout_dir(cfg) else root / cfg.experiment_name) / "rollouts"
+    if not is_shared_rollout_dir(cfg):
+        return root / cfg.experiment_name / "rollouts"
+    return root / ("rollouts" if cfg.experiment.seed == 0 else f"rollouts-seed{cfg.experiment.seed}")
 
 
 def is_shared_rollout_dir(cfg: Config) -> bool:
-    """Whether `rollout_dir(cfg)` is the env's shared random-data folder, which other experiments read too."""
-    return not cfg.collect.rollout_folder and cfg.collect.policy != "controller"
+    """Whether `rollout_dir(cfg)` may hold other experiments' data: the env's random-data folder of this
+    seed, or a named `collect.rollout_folder` (not an experiment's own trained-agent data)."""
+    return bool(cfg.collect.rollout_folder) or cfg.collect.policy != "controller"
 
 
 def episode_path(folder: Path, index: int) -> Path:

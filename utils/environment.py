@@ -278,6 +278,14 @@ def _collect_with_envpool(cfg: Config, folder: Path, pending: list[int],
             yield indices[position], episode.length, episode.total_reward
 
 
+def collection_config(cfg: Config) -> Config:
+    """`cfg` as stage 1 plays it: episodes capped at `collect.max_episode_steps` where that is shorter than
+    `env.max_episode_steps` (C's cap). A copy; `cfg` is left alone."""
+    if 0 < cfg.collect.max_episode_steps < cfg.env.max_episode_steps:
+        return dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, max_episode_steps=cfg.collect.max_episode_steps))
+    return cfg
+
+
 def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, visualize: bool = False) -> Path:
     """Make sure `collect.num_rollouts` episodes of `make_agent(cfg, action_space)` exist on disk in
     `rollout_dir(cfg)`; returns that folder.
@@ -288,8 +296,7 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
     so a re-run after an interrupt plays only the missing indices and the data set is the same whatever
     the number of workers. `make_agent` must be a module-level function (workers rebuild the agent from it).
     """
-    if cfg.collect.max_episode_steps:  # stage 1's own episode cap stands in for the env's, in this stage only
-        cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, max_episode_steps=cfg.collect.max_episode_steps))
+    cfg = collection_config(cfg)
     backend = resolve_backend(cfg.env)
     make_agent(cfg, env_action_space(cfg.env))  # fails early on a bad env or policy, before anything is written
     folder = ensure_writable_dir(rollout_dir(cfg))
