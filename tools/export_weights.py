@@ -6,9 +6,10 @@
 For V and M it copies the weights a later stage serves (`<stage>_best.pt` when present, else `<stage>.pt`)
 as `<stage>.pt`, with the last checkpoint's epoch count, without the optimizer and gradient-scaler state
 that make a training checkpoint three times larger. The copy keeps its config, epoch count and metrics,
-so the stages and evaluate.py read it like the original, and treat the stage as finished. V's dream
-starts (`dream_starts.npz`, a few hundred kB) go with V, so the copy can dream on a machine without the
-collected episodes. C is copied whole: its checkpoint is already small (the kept-best and mean
+so the stages and evaluate.py read it like the original, and treat the stage as finished. The dream
+starts (`dream_starts.npz`, a few hundred kB: V's posteriors of the first frames of the experiment's
+episodes) go with V and with C, so the copy can dream on a machine without the collected episodes, from
+the starts its C was trained from. C is copied whole: its checkpoint is already small (the kept-best and mean
 parameters, CMA-ES's fitness history and the learning curve), and that history is what lets a run
 resume from the copy on another machine (`resume_controller` replays it).
 """
@@ -55,7 +56,7 @@ def export_stage(source: Path, target: Path, stage: str) -> tuple[Path, int]:
     # A stale `_best` beside the copy would be served instead of it.
     (target / f"{stage}_best.pt").unlink(missing_ok=True)
     starts = source / DREAM_STARTS_FILE
-    if stage == "vae" and starts.is_file():  # V's posteriors of the first frames: where a dream starts
+    if stage in ("vae", "controller") and starts.is_file():  # where this experiment's dreams start
         with atomic_path(target / DREAM_STARTS_FILE) as tmp_path:
             shutil.copyfile(starts, tmp_path)
     return written, written.stat().st_size
