@@ -288,8 +288,9 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
     # The recipe of the long run (issue #16, docs/RESULTS.md "CarRacing: the long run"), the fastest measured
     # here: little data and a short V, then C with the paper's CMA-ES settings and action mapping, but 16
     # candidates x 4 rollouts on tracks shared by all candidates, so 16x more CMA-ES updates per real
-    # episode than the paper's 64 x 16. 400 generations = 25,600 real episodes, the paper's checkpoint
-    # (its CMA-ES mean scored 823 there); about 11 h on 2 cores with EnvPool.
+    # episode than the paper's 64 x 16. 400 generations = 25,600 training episodes, the paper's checkpoint
+    # (its CMA-ES mean scored 823 there; the re-evaluations add about 1,300 more); about 11 h on 2 cores
+    # with EnvPool.
     "CarRacing-v3": {
         "env.crop_bottom": 12,  # 96x96 -> 84x96: the dashboard goes, as in the paper's code
         "env.max_episode_steps": 1000,

@@ -46,7 +46,7 @@ from utils.images import upscale
 from utils.runtime import episode_seeds, resolve_device
 from utils.stats import difference_of_means, mean_with_ci95
 from utils.video import log_video, write_mp4
-from utils.workers import parallel_map
+from utils.workers import default_workers, parallel_map
 
 METHODS = ("world_models", "ppo", "random")
 TRAIN_COMMANDS = {
@@ -204,9 +204,13 @@ def _play_on_envpool(method: str, agent: Any, env_cfg: EnvConfig, seeds: np.ndar
 def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, device: str, video: bool) -> tuple[Summary, list[dict]]:
     """Play `episodes` seeded episodes of `method`: on Gymnasium in parallel over `workers` processes, on
     EnvPool (`env.backend`) as one batch in this process. PPO always plays Gymnasium (its own wrappers)."""
-    agent, env, observes = make_agent_and_env(method, cfg, device)  # fails fast, before workers start
     env_cfg = _trained_config(cfg, "controller").env if method == "world_models" else cfg.env
     backend = "gymnasium" if method == "ppo" else resolve_backend(env_cfg)
+    if backend == "gymnasium" and min(default_workers(workers), episodes) > 1:
+        # Worker processes play on the CPU (a fork cannot use CUDA): so does this process's copy, which
+        # replays episodes for --video, so that a sampling agent draws the same random numbers in both.
+        device = "cpu"
+    agent, env, observes = make_agent_and_env(method, cfg, device)  # fails fast, before workers start
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
     started = time.perf_counter()
     if backend == "envpool":

@@ -257,7 +257,7 @@ def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tm
     # sigma or penalty is refused, and so is a saved mean the replay does not give back (another cma version).
     interrupted.controller.generations = 4
     for section, key, value in (("experiment", "seed", 7), ("controller", "sigma", 0.2),
-                                ("controller", "weight_decay", 0.01)):
+                                ("controller", "weight_decay", 0.01), ("env", "max_episode_steps", 50)):
         changed = copy.deepcopy(interrupted)
         setattr(getattr(changed, section), key, value)
         with pytest.raises(WorldModelsError, match=f"has {section}.{key}=.* this run expects {section}.{key}={value}"):

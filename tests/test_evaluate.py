@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -98,6 +99,10 @@ def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys)
     assert len(ppo_steps) > 0 and np.all(np.diff(ppo_steps) >= 0) and ppo_steps[-1] <= cfg.ppo.total_timesteps
     videos = sorted(p.name for p in (trained_lunar / "videos" / "lunarlander-v3").glob("eval_*.mp4"))
     assert len(videos) == 7  # best + worst for 3 methods, and the world-model views
+    # PPO plays this command's episode cap, as every method does (LunarLander's lander is still aloft at step 7).
+    short = copy.deepcopy(cfg)
+    short.env.max_episode_steps = 7
+    assert [row["length"] for row in evaluate(short, "ppo", episodes=2, workers=1)["rows"]] == [7, 7]
     data = json.loads((results / "eval_compare.json").read_text())
     assert data["world_models_minus_ppo"]["ci95_low"] <= data["world_models_minus_ppo"]["difference"]
 

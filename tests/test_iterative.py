@@ -98,6 +98,17 @@ def test_an_episode_stays_on_its_side_of_the_validation_split_when_rounds_are_ad
     train_2, val_2 = split_episodes(round_2 + round_1, 0.05)  # the new round's folder comes first
     assert set(val_1) <= set(val_2) and set(train_1) <= set(train_2)  # a warm-started M never validates on its training data
     assert set(val_2) - set(val_1) == {round_2[0], round_2[20]}
+    # Two folders of one episode each: one of them is still left to train on.
+    tiny = [episode_path(tmp_path / "a", 0), episode_path(tmp_path / "b", 0)]
+    assert split_episodes(tiny, 0.05) == ([tiny[1]], [tiny[0]])
+
+
+def test_a_run_trains_on_the_episodes_it_asked_for_when_a_shared_folder_holds_more(smoke_config):
+    cfg = smoke_config("LunarLander-v3", ["collect.num_rollouts=3"])
+    rollout_dir(cfg).mkdir(parents=True)
+    for index in range(5):  # a run that asked for 5 collected them first
+        episode_path(rollout_dir(cfg), index).write_bytes(b"")
+    assert [path.name for path in require_episodes(cfg)] == ["ep_000000.npz", "ep_000001.npz", "ep_000002.npz"]
 
 
 def test_forcing_collection_never_deletes_the_envs_shared_random_data(smoke_config):

@@ -169,17 +169,18 @@ def test_atari_envs_stack_84x84_frames_and_clip_rewards_only_for_training(tmp_pa
     assert isinstance(next(w for w in _wrapper_chain(train_env) if isinstance(w, EpisodicLife)), EpisodicLife)
 
 
-@pytest.mark.parametrize("env_id, overrides, ppo_steps", [
-    ("ALE/Pong-v5", (), 30),  # ALE v5's step and PPO's are both 4 frames
-    ("ALE/Pong-v5", ("ppo.frame_skip=2",), 60),
-    ("LunarLander-v3", ("ppo.observation=pixels", "ppo.frame_skip=4"), 8),  # 4 Box2D steps a PPO step
-    ("LunarLander-v3", (), 30),  # state: one step each
+@pytest.mark.parametrize("env_id, overrides, cap, ppo_steps", [
+    ("ALE/Pong-v5", (), 30, 30),  # ALE v5's step and PPO's are both 4 frames
+    ("ALE/Pong-v5", ("ppo.frame_skip=2",), 30, 60),
+    ("LunarLander-v3", ("ppo.observation=pixels", "ppo.frame_skip=4"), 30, 8),  # 4 Box2D steps a PPO step
+    ("LunarLander-v3", (), 30, 30),  # state: one step each
+    ("MountainCar-v0", (), 250, 250),  # longer than its registered 200: the command's cap wins, as for World Models
 ])
-def test_evaluation_caps_ppo_at_the_env_steps_every_method_plays(tmp_path, env_id, overrides, ppo_steps):
-    env = make_ppo_eval_env(tiny_config(tmp_path, env_id, *overrides), max_episode_steps=30)
+def test_evaluation_caps_ppo_at_the_env_steps_every_method_plays(tmp_path, env_id, overrides, cap, ppo_steps):
+    env = make_ppo_eval_env(tiny_config(tmp_path, env_id, *overrides), max_episode_steps=cap)
     env.reset(seed=0)
     for step in itertools.count(1):
-        _, _, terminated, truncated, _ = env.step(0)  # NOOP: survives 30 env steps in both games
+        _, _, terminated, truncated, _ = env.step(0)  # NOOP / push left: survives the cap in every case
         if terminated or truncated:
             break
     assert (step, terminated, truncated) == (ppo_steps, False, True)

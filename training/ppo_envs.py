@@ -133,16 +133,20 @@ def resolve_observation(cfg: Config) -> str:
 
 
 # -------------------------------------------------------------------------------------- one env
-def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None) -> gym.Env:
+def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None,
+                 max_episode_steps: Optional[int] = None) -> gym.Env:
     """One env as PPO sees it. Observations: `(frame_stack * C, S, S)` uint8 for pixels (C = 1
     grayscale, 3 colour), the env's own `(D,)` vector for state. `training` adds the wrappers that
     change the task the learner optimises (episodic life, reward sign clipping), never used at evaluation.
+    `max_episode_steps` replaces a non-Atari env's registered step cap (in its own steps, before any
+    action repeat); None keeps it.
     """
     env_id = resolve_env_id(cfg.env.env_id)
     ppo = cfg.ppo
     kwargs = parse_env_kwargs(cfg.env.env_kwargs)
     if resolve_observation(cfg) == "state":
-        return RecordEpisodeStatistics(make_env(env_id, render_mode=render_mode, **kwargs))
+        return RecordEpisodeStatistics(make_env(env_id, render_mode=render_mode, max_episode_steps=max_episode_steps,
+                                                **kwargs))
     if is_atari(env_id):
         env = make_env(env_id, render_mode=render_mode, frameskip=1, **kwargs)
         env = AtariPreprocessing(env, noop_max=30, frame_skip=ppo.frame_skip, screen_size=ppo.frame_size,
@@ -156,7 +160,8 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None)
             env = TransformReward(env, lambda reward: float(np.sign(reward)))
     else:
         renders = not is_image_env(env_id)
-        env = make_env(env_id, render_mode="rgb_array" if renders else render_mode, **kwargs)
+        env = make_env(env_id, render_mode="rgb_array" if renders else render_mode, max_episode_steps=max_episode_steps,
+                       **kwargs)
         if ppo.frame_skip > 1:
             env = RepeatAction(env, ppo.frame_skip)
         if renders:
@@ -186,14 +191,14 @@ def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Opti
     are the true ones and an Atari episode is a whole game. `seed` seeds its first reset.
 
     `max_episode_steps` caps an episode at that many steps *of the env itself*, as World Models and
-    random play it (`env.max_episode_steps`), so every method plays the same task: a PPO step is
-    `ppo.frame_skip` frames (Atari: ALE v5's step is 4) or env steps, and the cap is converted.
+    random play it (`env.max_episode_steps`), so every method plays the same task. Elsewhere it replaces
+    the env's registered cap under PPO's action repeat; on Atari a PPO step is `ppo.frame_skip` frames
+    where ALE v5's step is 4, so the cap is converted into PPO steps.
     """
-    env = make_ppo_env(cfg, training=False, render_mode=render_mode)
-    if max_episode_steps:
-        frames_per_env_step = ALE_V5_FRAMESKIP if is_atari(resolve_env_id(cfg.env.env_id)) else 1
-        frames_per_ppo_step = cfg.ppo.frame_skip if resolve_observation(cfg) == "pixels" else 1
-        env = gym.wrappers.TimeLimit(env, -(-max_episode_steps * frames_per_env_step // frames_per_ppo_step))
+    atari = is_atari(resolve_env_id(cfg.env.env_id))
+    env = make_ppo_env(cfg, training=False, render_mode=render_mode, max_episode_steps=None if atari else max_episode_steps)
+    if atari and max_episode_steps:
+        env = gym.wrappers.TimeLimit(env, -(-max_episode_steps * ALE_V5_FRAMESKIP // cfg.ppo.frame_skip))
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

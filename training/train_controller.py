@@ -81,12 +81,18 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     saved, c = checkpoint["config"], cfg.controller
     defaults = ControllerConfig()  # for fields a checkpoint predates
     must_match = {"experiment.seed": cfg.experiment.seed, "controller.population_size": c.population_size,
-                  "controller.sigma": c.sigma, "controller.weight_decay": c.weight_decay, "controller.mode": c.mode}
+                  "controller.sigma": c.sigma, "controller.weight_decay": c.weight_decay, "controller.mode": c.mode,
+                  "controller.action_mapping": c.action_mapping, "controller.sample_z": c.sample_z,
+                  "controller.sample_actions": c.sample_actions}
     if c.mode == "dream":
-        must_match.update({"controller.temperature": c.temperature, "controller.dream_done": c.dream_done})
+        must_match.update({"controller.temperature": c.temperature, "controller.dream_done": c.dream_done,
+                           "controller.dream_max_steps": c.dream_max_steps})
+    else:
+        must_match["env.max_episode_steps"] = cfg.env.max_episode_steps
     for key, expected in must_match.items():
         section, name = key.split(".")
-        require_match(key, saved[section].get(name, getattr(defaults, name, None)), expected, path)
+        default = getattr(defaults, name, None) if section == "controller" else None
+        require_match(key, saved[section].get(name, default), expected, path)
     history = checkpoint["fitness_history"].numpy()
     es.replay(history)
     if "mean_params" in checkpoint and not np.allclose(es.mean, checkpoint["mean_params"].numpy(), atol=1e-4):

@@ -79,7 +79,8 @@ def episode_path(folder: Path, index: int) -> Path:
 
 
 def episode_index(path: Path) -> int:
-    """`.../ep_000123.npz` -> 123, the episode's index in its collection (its seed's index)."""
+    """`.../ep_000123.npz` -> 123, the episode's index in its collection (its seed is the seed of index
+    `collect.seed_offset` + 123)."""
     return int(Path(path).stem.split("_")[1])
 
 
@@ -125,9 +126,10 @@ def list_episodes(folder: Path) -> list[Path]:
 
 
 def require_episodes(cfg: Config) -> list[Path]:
-    """The episodes V and M train on: `rollout_dir(cfg)`'s, then those of each `collect.extra_rollouts`
-    folder; a missing set is one line naming the command that collects it."""
-    paths = list_episodes(rollout_dir(cfg))
+    """The episodes V and M train on: `rollout_dir(cfg)`'s first `collect.num_rollouts` (a shared folder
+    may hold more, collected by a run that asked for more), then every episode of each
+    `collect.extra_rollouts` folder; a missing set is one line naming the command that collects it."""
+    paths = [path for path in list_episodes(rollout_dir(cfg)) if episode_index(path) < cfg.collect.num_rollouts]
     if not paths:
         raise WorldModelsError(
             f"no rollouts in {rollout_dir(cfg)}; collect them first: python -m training.collect --env {cfg.env.env_id}"
@@ -142,14 +144,17 @@ def require_episodes(cfg: Config) -> list[Path]:
 
 def split_episodes(paths: Sequence[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
     """Hold out the episodes whose index is a multiple of k = round(1 / val_fraction) for validation, in
-    every folder (so at least one each when possible). An episode's side depends on its own index only:
-    it stays put when a folder grows or another round's folder joins the list, so a model warm-started
-    from an earlier round (`mdnrnn.init_from`) never validates on episodes it trained on."""
+    every folder. An episode's side depends on its own index only: it stays put when a folder grows or
+    another round's folder joins the list, so a model warm-started from an earlier round
+    (`mdnrnn.init_from`) never validates on episodes it trained on. Tiny sets where that would leave
+    nothing to train on (every folder's episode 0 only) hold out every k-th position instead."""
     paths = list(paths)
     if len(paths) < 2 or val_fraction <= 0:
         return paths, paths[:0]
     stride = max(2, int(round(1.0 / val_fraction)))
     val = [p for p in paths if episode_index(p) % stride == 0]
+    if len(val) == len(paths):
+        val = paths[::stride]
     held_out = set(val)
     return [p for p in paths if p not in held_out], val
 
