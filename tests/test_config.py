@@ -156,7 +156,7 @@ UNBOUNDED_FIELDS = {
     "experiment.name", "experiment.data_dir", "experiment.checkpoint_dir", "experiment.log_dir", "experiment.video_dir",
     "experiment.results_dir", "experiment.ray_address",
 }
-BAD_CANDIDATES = {int: ["-1", "0", "1", "65"], float: ["-1.0", "0.0", "1.0", "2.0"], str: ["bogus"],
+BAD_CANDIDATES = {int: ["-1", "0", "1", "65"], float: ["-1.0", "0.0", "1.0", "2.0"], str: ["bogus", "../bogus"],
                   tuple[int, ...]: ["0"]}
 
 

@@ -25,7 +25,8 @@ from utils.files import best_checkpoint_path, checkpoint_path, experiment_dir
 
 def make_cfg(root: Path, data_root: Path, overrides: list[str] = ()) -> Config:
     """Smoke config with outputs under `root` and rollouts read from the shared `data_root`."""
-    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=list(overrides)), root)
+    # The module's data set: `data_root`'s 32 episodes (a run trains on the first collect.num_rollouts).
+    cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["collect.num_rollouts=32", *overrides]), root)
     cfg.experiment.name = "vae-test"
     cfg.experiment.data_dir = str(data_root / "data")
     cfg.experiment.device = "cpu"
