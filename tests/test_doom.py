@@ -136,3 +136,27 @@ def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tm
         assert (folder / "vae.pt").stat().st_ino == (tmp_path / "checkpoints" / "doomtakecover-v0" / "vae.pt").stat().st_ino
     table = markdown_table(rows, 2).splitlines()
     assert table[2].startswith("| 0.5 | ") and table[-1].startswith("| random policy | - | ")
+    # Asked again with the same flags, the table is assembled from the saved rows: nothing is played.
+    import temperature_table
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a tau scored before was scored again")
+
+    real_evaluate = temperature_table.evaluate_summary
+    temperature_table.evaluate_summary = no_evaluation
+    try:
+        assert temperature_rows(cfg, common, [1.3, 0.5], episodes=2) == [rows[1], rows[0], rows[2]]
+    finally:
+        temperature_table.evaluate_summary = real_evaluate
+    # Other episodes, or a C that changed since (here: its checkpoint rewritten), are scored again.
+    played = []
+    temperature_table.evaluate_summary = lambda *args, **kwargs: played.append(args) or real_evaluate(*args, **kwargs)
+    try:
+        trained_path = tmp_path / "checkpoints" / "doomtakecover-v0" / "tau0.5" / "controller.pt"
+        checkpoint = torch.load(trained_path, weights_only=True)
+        checkpoint["best_params"] = checkpoint["best_params"] + 0.5
+        torch.save(checkpoint, trained_path)
+        temperature_rows(cfg, common, [0.5, 1.3], episodes=2)
+        assert [call[1] for call in played] == ["doomtakecover-v0/tau0.5", "doomtakecover-v0/tau0.5"]
+    finally:
+        temperature_table.evaluate_summary = real_evaluate

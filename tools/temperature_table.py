@@ -7,8 +7,11 @@ Needs an experiment whose V and M are trained (`python train.py --env DoomTakeCo
 whole run). For each tau it trains stage 4 in the dream as the config says (`controller.mode=dream` is set),
 in `<experiment>/tau<tau>` with the experiment's V and M linked in, so every C dreams in the same M. Then
 each C plays `--episodes` episodes inside M at its own tau and in the real env (on the same seeds for every
-tau), and random plays those seeds too. A tau whose C is trained already is not trained again; the table
-is printed and written to `results/<experiment>/temperature_table.{md,json}`.
+tau), and random plays those seeds too. A tau whose C is trained already is not trained again, and a tau
+already scored with the same flags and episodes, on the C its checkpoint holds now, is not scored again
+(`results/<experiment>/tau<tau>/temperature_row.json`): so the table can be built a tau at a time, and a
+last run with every tau assembles it. The table is printed and written to
+`results/<experiment>/temperature_table.{md,json}`.
 
 Low tau makes M's future nearly deterministic: C can exploit M's mistakes, so the dream score runs high
 while the real one stays low. The paper found the best transfer at tau = 1.15 (real 1092 +- 556).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +38,7 @@ from training.dream import DREAM_STARTS_FILE  # noqa: E402
 from training.train_controller import train_controller  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
-from utils.files import checkpoint_path, experiment_dir, write_results_table  # noqa: E402
+from utils.files import atomic_path, checkpoint_path, experiment_dir, write_results_table  # noqa: E402
 
 # What each tau's folder shares with the experiment: V, M and the latent cache the dream starts from.
 SHARED_FILES = ("vae.pt", "vae_best.pt", "mdnrnn.pt", "mdnrnn_best.pt", "latents.npz", DREAM_STARTS_FILE)
@@ -85,33 +89,72 @@ def evaluate_summary(common: list[str], experiment: str, method: str, episodes: 
     return json.loads(written[0].read_text())["summaries"][0]
 
 
+ROW_FILE = "temperature_row.json"
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def scored_before(folder: Path, scored_what: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The row saved in `folder` when it was scored with exactly `scored_what` (flags, episodes, and for a
+    tau the digest of its C's checkpoint), else None."""
+    path = folder / ROW_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["row"] if saved.get("scored_what") == scored_what else None
+
+
+def save_row(folder: Path, scored_what: dict[str, Any], row: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / ROW_FILE) as tmp:
+        tmp.write_text(json.dumps({"scored_what": scored_what, "row": row}, indent=1))
+
+
 def temperature_rows(cfg: Config, common: list[str], temperatures: list[float], episodes: int) -> list[dict[str, Any]]:
-    """Train (or reuse) a dream C per tau and score it; one row per tau, then random's. `common` are the
-    command-line flags (env, preset, seed, --set ...) that give `cfg`, for the evaluate.py runs."""
+    """Train (or reuse) a dream C per tau and score it (or reuse its score); one row per tau, then
+    random's. `common` are the command-line flags (env, preset, seed, --set ...) that give `cfg`, for the
+    evaluate.py runs."""
     rows = []
     for temperature in temperatures:
         step = temperature_config(cfg, temperature)
         share_models(cfg, step)
-        train_controller(step)
+        checkpoint = train_controller(step)
         results = experiment_dir(step, "results")
-        dream = evaluate_summary(common, step.experiment_name, "world_models", episodes, True, results)
-        real = evaluate_summary(common, step.experiment_name, "world_models", episodes, False, results)
-        rows.append({"temperature": temperature, "dream_mean": dream["mean"], "dream_std": dream["std"],
-                     "real_mean": real["mean"], "real_std": real["std"],
-                     "real_ci95": [real["ci95_low"], real["ci95_high"]]})
-    random = evaluate_summary(common, cfg.experiment_name, "random", episodes, False, experiment_dir(cfg, "results"))
-    rows.append({"temperature": None, "dream_mean": None, "dream_std": None, "real_mean": random["mean"],
-                 "real_std": random["std"], "real_ci95": [random["ci95_low"], random["ci95_high"]]})
+        scored_what = {"common": common, "episodes": episodes, "controller": file_digest(checkpoint)}
+        row = scored_before(results, scored_what)
+        if row is not None:
+            print(f"tau {temperature:g}: scored before with the same C and flags ({results / ROW_FILE})")
+        else:
+            dream = evaluate_summary(common, step.experiment_name, "world_models", episodes, True, results)
+            real = evaluate_summary(common, step.experiment_name, "world_models", episodes, False, results)
+            row = {"temperature": temperature, "dream_mean": dream["mean"], "dream_std": dream["std"],
+                   "real_mean": real["mean"], "real_std": real["std"],
+                   "real_ci95": [real["ci95_low"], real["ci95_high"]]}
+            save_row(results, scored_what, row)
+        rows.append(row)
+    results = experiment_dir(cfg, "results")
+    scored_what = {"common": common, "episodes": episodes, "method": "random"}
+    row = scored_before(results, scored_what)
+    if row is None:
+        random = evaluate_summary(common, cfg.experiment_name, "random", episodes, False, results)
+        row = {"temperature": None, "dream_mean": None, "dream_std": None, "real_mean": random["mean"],
+               "real_std": random["std"], "real_ci95": [random["ci95_low"], random["ci95_high"]]}
+        save_row(results, scored_what, row)
+    rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]], episodes: int) -> str:
     """Table 2's layout: tau, dream score, real score (mean +- std over `episodes` episodes)."""
-    lines = [f"| tau | dream score ({episodes} episodes) | real score ({episodes} episodes) |", "|---|---|---|"]
+    lines = [f"| tau | dream score ({episodes} episodes) | real score ({episodes} episodes) | real: 95% CI |",
+             "|---|---|---|---|"]
     for row in rows:
         tau = "random policy" if row["temperature"] is None else f"{row['temperature']:g}"
         dream = "-" if row["dream_mean"] is None else f"{row['dream_mean']:.0f} ± {row['dream_std']:.0f}"
-        lines.append(f"| {tau} | {dream} | {row['real_mean']:.0f} ± {row['real_std']:.0f} |")
+        low, high = row["real_ci95"]
+        lines.append(f"| {tau} | {dream} | {row['real_mean']:.0f} ± {row['real_std']:.0f} | {low:.0f}-{high:.0f} |")
     return "\n".join(lines)
 
 
