@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from config import Config, EnvConfig, canonical_env_id
-from models.loaders import build_policy, load_controller_checkpoint, load_world_model_agent
+from models.loaders import agent_fingerprint, build_policy, load_controller_checkpoint, load_world_model_agent
 from models.ppo_agent import PPOAgent
 from training.dream import dream_candidates, dream_generator, dream_video, load_dream_starts
 from training.learning_curve import read_curve_csv
@@ -41,7 +41,7 @@ from utils.environment import RandomAgent, env_action_space, make_frame_env, run
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolSlots, play_episodes, resolve_backend
 from utils.data import load_episode, require_episodes
 from utils.errors import WorldModelsError
-from utils.files import atomic_path, checkpoint_config, checkpoint_path, experiment_dir, load_checkpoint, make_writer
+from utils.files import atomic_path, checkpoint_path, experiment_dir, make_writer, trained_config
 from utils.images import upscale
 from utils.runtime import episode_seeds, resolve_device
 from utils.stats import difference_of_means, mean_with_ci95
@@ -73,6 +73,7 @@ class Summary:
     wall_seconds: float
     observes: str
     backend: str = "gymnasium"  # who stepped the env (published numbers are Gymnasium's)
+    agent: str = ""  # world_models: `models.loaders.agent_fingerprint` of the V, M and C that played
 
 
 def summarize(method: str, returns: np.ndarray, lengths: np.ndarray, wall_seconds: float, observes: str,
@@ -86,19 +87,10 @@ def summarize(method: str, returns: np.ndarray, lengths: np.ndarray, wall_second
 
 # ------------------------------------------------------------------------------- agents and envs
 def _trained_config(cfg: Config, stage: str) -> Config:
-    """The config a stage's checkpoint was trained with, keeping this run's folders and device."""
-    path = checkpoint_path(cfg, stage)
-    if not path.is_file():
-        command = TRAIN_COMMANDS["ppo" if stage == "ppo" else "world_models"].format(env=cfg.env.env_id)
-        raise WorldModelsError(f"no {stage} checkpoint at {path}; train it first: {command}"
-                               + (f" --experiment {cfg.experiment.name}" if cfg.experiment.name else ""))
-    trained = checkpoint_config(load_checkpoint(path, stage, cfg.env.env_id))
-    trained.experiment = cfg.experiment
-    # How frames look is V's (the checkpoint's); how long an evaluation episode may run is this command's,
-    # so every method plays the same task even when C was trained on shortened episodes.
-    trained.env.max_episode_steps = cfg.env.max_episode_steps
-    trained.env.backend = cfg.env.backend  # and so is who steps it
-    return trained
+    """`utils.files.trained_config`, with the command that trains a missing checkpoint."""
+    command = TRAIN_COMMANDS["ppo" if stage == "ppo" else "world_models"].format(env=cfg.env.env_id)
+    hint = f"train it first: {command}" + (f" --experiment {cfg.experiment.name}" if cfg.experiment.name else "")
+    return trained_config(cfg, stage, hint)
 
 
 def _frame_env(env_cfg: EnvConfig) -> Any:
@@ -223,6 +215,8 @@ def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, devic
             for i, (seed, ret, length) in enumerate(records)]
     returns = np.array([row["return"] for row in rows])
     summary = summarize(method, returns, np.array([row["length"] for row in rows]), wall, observes, backend)
+    if method == "world_models":
+        summary.agent = agent_fingerprint(agent.policy.vae, agent.policy.mdnrnn, agent.params)
     if video:
         video_dir = experiment_dir(cfg, "videos")
         for label, index in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):

@@ -10,12 +10,12 @@ timing does not depend on what the weights learned; the same candidates and seed
 warm-up generation. Printed: env steps/s per k and the speed-up over one core.
 
 A machine with more cores than this one is projected, not measured: Amdahl's law, speed-up(k) =
-1 / (s + (1 - s) / k), fitted to the measured speed-ups (least squares in s), gives the serial share s and
-the 16-core figure. With 2 cores the fit rests on one ratio, so take the projection as an order of
+1 / (s + (1 - s) / k), fitted to the measured speed-ups (least squares on its linear form
+1/speed-up - 1/k = s (1 - 1/k)), gives the serial share s and the 16-core figure. With 2 cores the fit rests on one ratio, so take the projection as an order of
 magnitude: it ignores memory bandwidth, EnvPool's thread scheduling and batch sizes at 16 cores.
 
-RESULT lines: speedup_2cores (target 1.5: the generation's env stepping and V/M/C both spread over
-threads) and projected_speedup_16cores (no target).
+RESULT lines: speedup_<n>cores for this machine's n cores (target 1.5 on the 2-core machine: the
+generation's env stepping and V/M/C both spread over threads) and projected_speedup_16cores (no target).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def amdahl_serial_share(cores: list[int], speedups: list[float]) -> float:
 
 
 def projected_speedup(serial_share: float, cores: int) -> float:
+    """Amdahl's speed-up on `cores` cores of work whose `serial_share` does not spread over cores."""
     return 1.0 / (serial_share + (1 - serial_share) / cores)
 
 
@@ -87,12 +88,13 @@ def main() -> None:
     for k in range(1, len(available) + 1):
         cores = set(available[:k])
         env = {**os.environ, "OMP_NUM_THREADS": str(k), "MKL_NUM_THREADS": str(k)}
-        output = subprocess.run(
+        child = subprocess.run(
             [sys.executable, __file__, "--env", args.env, "--population", str(args.population), "--steps",
              str(args.steps), "--one", str(k)],
-            env=env, preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores), check=True,
-            capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+            env=env, preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores), stdout=subprocess.PIPE, text=True)
+        if child.returncode != 0:  # its traceback went to stderr, above
+            raise SystemExit(f"the {k}-core generation failed (exit {child.returncode})")
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(f"{k} core(s): {rows[-1]['rate']:.0f} env steps/s ({rows[-1]['steps']} steps in {rows[-1]['seconds']:.1f} s)",
               flush=True)
     base = rows[0]["rate"]

@@ -72,6 +72,14 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def agent_fingerprint(vae: nn.Module, mdnrnn: nn.Module, params: torch.Tensor) -> str:
+    """SHA-1 of a World Models agent: its V's and M's weights and C's parameters (N,). An evaluation
+    records it, so that another tool can check it is pairing its episodes with the same agent's."""
+    digest = hashlib.sha1(f"{weights_fingerprint(vae)}:{weights_fingerprint(mdnrnn)}:".encode())
+    digest.update(torch.as_tensor(params).detach().cpu().float().contiguous().reshape(-1).numpy().tobytes())
+    return digest.hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------ M
 def env_action_size(cfg: Config) -> int:
     """A: the action vector width of `cfg`'s env (with its env_kwargs, e.g. continuous=True)."""

@@ -105,7 +105,7 @@ TINY_OVERRIDES = [*TINY_PIPELINE_OVERRIDES, "collect.num_rollouts=4", "env.max_e
                   "controller.video_every=0", "controller.dream_max_steps=30"]
 
 
-def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tmp_path):
+def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tmp_path, monkeypatch):
     cfg = isolate(get_config(DOOM, preset="smoke", overrides=TINY_OVERRIDES), tmp_path)
     outputs = run_pipeline(cfg)
     assert set(outputs) == {"collect", "vae", "mdnrnn", "controller"}
@@ -143,20 +143,15 @@ def test_a_smoke_pipeline_trains_c_in_the_dream_and_plays_it_in_the_real_game(tm
         raise AssertionError("a tau scored before was scored again")
 
     real_evaluate = temperature_table.evaluate_summary
-    temperature_table.evaluate_summary = no_evaluation
-    try:
-        assert temperature_rows(cfg, common, [1.3, 0.5], episodes=2) == [rows[1], rows[0], rows[2]]
-    finally:
-        temperature_table.evaluate_summary = real_evaluate
-    # Other episodes, or a C that changed since (here: its checkpoint rewritten), are scored again.
+    monkeypatch.setattr(temperature_table, "evaluate_summary", no_evaluation)
+    assert temperature_rows(cfg, common, [1.3, 0.5], episodes=2) == [rows[1], rows[0], rows[2]]
+    # A C that changed since (here: its checkpoint rewritten) is scored again; the others are not.
     played = []
-    temperature_table.evaluate_summary = lambda *args, **kwargs: played.append(args) or real_evaluate(*args, **kwargs)
-    try:
-        trained_path = tmp_path / "checkpoints" / "doomtakecover-v0" / "tau0.5" / "controller.pt"
-        checkpoint = torch.load(trained_path, weights_only=True)
-        checkpoint["best_params"] = checkpoint["best_params"] + 0.5
-        torch.save(checkpoint, trained_path)
-        temperature_rows(cfg, common, [0.5, 1.3], episodes=2)
-        assert [call[1] for call in played] == ["doomtakecover-v0/tau0.5", "doomtakecover-v0/tau0.5"]
-    finally:
-        temperature_table.evaluate_summary = real_evaluate
+    monkeypatch.setattr(temperature_table, "evaluate_summary",
+                        lambda *args, **kwargs: played.append(args) or real_evaluate(*args, **kwargs))
+    trained_path = tmp_path / "checkpoints" / "doomtakecover-v0" / "tau0.5" / "controller.pt"
+    checkpoint = torch.load(trained_path, weights_only=True)
+    checkpoint["best_params"] = checkpoint["best_params"] + 0.5
+    torch.save(checkpoint, trained_path)
+    temperature_rows(cfg, common, [0.5, 1.3], episodes=2)
+    assert [call[1] for call in played] == ["doomtakecover-v0/tau0.5", "doomtakecover-v0/tau0.5"]

@@ -79,6 +79,13 @@ def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys)
     out = capsys.readouterr().out
     assert [s.method for s in result["summaries"]] == ["world_models", "ppo", "random"]
     assert "world_models - ppo:" in out and "95% CI" in out
+    # The World Models row names the agent that played: its V, M and kept-best C.
+    from models.loaders import agent_fingerprint, load_world_model_agent
+    from utils.files import trained_config
+
+    played = load_world_model_agent(trained_config(cfg, "controller"), "cpu")
+    assert result["summaries"][0].agent == agent_fingerprint(played.policy.vae, played.policy.mdnrnn, played.params)
+    assert result["summaries"][1].agent == result["summaries"][2].agent == ""
     results = trained_lunar / "results" / "lunarlander-v3"
     for name in ("compare_returns.png", "compare_training_curves.png", "compare_env_steps.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

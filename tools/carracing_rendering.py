@@ -16,9 +16,11 @@ differently (envpool/box2d/car_racing_env.cc against gymnasium/envs/box2d/car_ra
 
 This tool plays the experiment's kept-best C (trained on either backend) on Gymnasium's CarRacing-v3 on the
 evaluation seeds, once with the frame as Gymnasium draws it (`gymnasium`) and once drawn as EnvPool draws
-it (`envpool`: the same canvas, INTER_LINEAR, skid marks). The tracks, the car and C are the same in both
-arms and C acts deterministically, so the per-seed difference is the drawing's effect alone. Writes
-`results/<experiment>/rendering.{md,json}`.
+it (`envpool`: Gymnasium's canvas shrunk with INTER_LINEAR, skid marks drawn; an approximation, since
+EnvPool also fills polygons without anti-aliasing and prints the score in another font, which the
+frame's crop cuts away). The tracks, the car and C are the same in both arms and C acts
+deterministically (one torch thread, as `evaluate.py`'s workers), so the per-seed difference is the
+drawing's effect. Writes `results/<experiment>/rendering.{md,json}`.
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import Config  # noqa: E402
-from models.loaders import load_world_model_agent  # noqa: E402
+from models.loaders import agent_fingerprint, load_world_model_agent  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from utils.environment import Agent, make_frame_env, resolve_env_id, run_episode  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
-from utils.files import experiment_dir, write_results_table  # noqa: E402
+from utils.files import experiment_dir, trained_config, write_results_table  # noqa: E402
 from utils.runtime import episode_seeds  # noqa: E402
 from utils.stats import mean_with_ci95  # noqa: E402
 
@@ -90,12 +93,23 @@ def returns_by_drawing(cfg: Config, agent: Agent, seeds: Sequence[int], drawings
     return returns
 
 
-def saved_returns(path: Path, seeds: Sequence[int]) -> np.ndarray:
-    """The world_models returns on `seeds` from an evaluate.py JSON of a Gymnasium evaluation."""
+def saved_returns(path: Path, seeds: Sequence[int], agent: str) -> np.ndarray:
+    """The world_models returns on `seeds` from an evaluate.py JSON of a Gymnasium CarRacing-v3 evaluation
+    of the agent whose `agent_fingerprint` is `agent` (JSONs from before evaluate.py recorded it are taken
+    on trust, with a notice)."""
     data = json.loads(Path(path).read_text())
-    backends = {s.get("backend") for s in data["summaries"] if s["method"] == "world_models"}
+    if data.get("env_id") != "CarRacing-v3":
+        raise WorldModelsError(f"{path} is an evaluation of {data.get('env_id')}, not CarRacing-v3")
+    summaries = [summary for summary in data["summaries"] if summary["method"] == "world_models"]
+    backends = {summary.get("backend") for summary in summaries}
     if backends != {"gymnasium"}:
         raise WorldModelsError(f"{path} is not a Gymnasium evaluation of world_models (backends {sorted(map(str, backends))})")
+    played = {summary.get("agent", "") for summary in summaries}
+    if played == {""}:
+        print(f"notice: {path} does not record which agent played; pairing it with this one on trust")
+    elif played != {agent}:
+        raise WorldModelsError(f"{path} was played by another agent (V, M or C changed since): "
+                               f"leave out --gymnasium-returns to play both arms")
     by_seed = {row["seed"]: row["return"] for row in data["episodes"] if row["method"] == "world_models"}
     missing = [seed for seed in seeds if seed not in by_seed]
     if missing:
@@ -104,6 +118,7 @@ def saved_returns(path: Path, seeds: Sequence[int]) -> np.ndarray:
 
 
 def markdown_table(returns: dict[str, np.ndarray]) -> str:
+    """Each drawing's mean ± std, 95% CI and median, and the paired difference when both were played."""
     lines = ["| frame drawn as | mean ± std | 95% CI | median |", "|---|---|---|---|"]
     for drawing, values in returns.items():
         mean, std, low, high = mean_with_ci95(values)
@@ -117,7 +132,8 @@ def markdown_table(returns: dict[str, np.ndarray]) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, default_env="CarRacing-v3")
-    parser.add_argument("--episodes", type=int, default=20, help="evaluation seeds 0..N-1, one episode each per drawing")
+    parser.add_argument("--episodes", type=int, default=20,
+                        help="evaluation episodes 0..N-1 (evaluate.py's seeds), one per drawing")
     parser.add_argument("--gymnasium-returns", type=Path, default=None,
                         help="an evaluate.py JSON of this agent on --backend gymnasium: its returns stand in for the "
                              "`gymnasium` arm instead of playing it again")
@@ -129,11 +145,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.backend not in (None, "gymnasium"):
         raise WorldModelsError(f"--backend {args.backend}: this tool plays Gymnasium's CarRacing only (leave --backend out)")
     args.backend = "gymnasium"
-    cfg = config_from_args(args)
+    torch.set_num_threads(1)
+    cfg = trained_config(config_from_args(args), "controller")  # the agent as evaluate.py builds it
     seeds = [int(seed) for seed in episode_seeds(cfg, "evaluate", 0, args.episodes)]
     agent = load_world_model_agent(cfg, "cpu")
     if args.gymnasium_returns is not None:
-        returns = {"gymnasium": saved_returns(args.gymnasium_returns, seeds)}
+        fingerprint = agent_fingerprint(agent.policy.vae, agent.policy.mdnrnn, agent.params)
+        returns = {"gymnasium": saved_returns(args.gymnasium_returns, seeds, fingerprint)}
         returns.update(returns_by_drawing(cfg, agent, seeds, ["envpool"]))
     else:
         returns = returns_by_drawing(cfg, agent, seeds, DRAWINGS)

@@ -93,6 +93,7 @@ ROW_FILE = "temperature_row.json"
 
 
 def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a C's checkpoint: it changes whenever C trains further)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -147,7 +148,8 @@ def temperature_rows(cfg: Config, common: list[str], temperatures: list[float], 
 
 
 def markdown_table(rows: list[dict[str, Any]], episodes: int) -> str:
-    """Table 2's layout: tau, dream score, real score (mean +- std over `episodes` episodes)."""
+    """Table 2's layout: tau, dream score, real score (mean +- std over `episodes` episodes), and the real
+    score's 95% CI."""
     lines = [f"| tau | dream score ({episodes} episodes) | real score ({episodes} episodes) | real: 95% CI |",
              "|---|---|---|---|"]
     for row in rows:

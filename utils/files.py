@@ -188,6 +188,22 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> Config:
     return config_from_dict(checkpoint["config"])
 
 
+def trained_config(cfg: Config, stage: str, missing_hint: str = "") -> Config:
+    """The config `stage`'s checkpoint of `cfg`'s experiment was trained with, as a run that plays it needs
+    it: how frames look and how C acts are the checkpoint's (V's crop, C's inputs and action mapping);
+    the folders, device, episode cap and backend are this run's, so every method plays the same task even
+    when C was trained on shortened episodes or on the other backend. `missing_hint` ends the error when
+    there is no checkpoint (e.g. the command that trains one)."""
+    path = checkpoint_path(cfg, stage)
+    if not path.is_file():
+        raise WorldModelsError(f"no {stage} checkpoint at {path}" + (f"; {missing_hint}" if missing_hint else ""))
+    trained = checkpoint_config(load_checkpoint(path, stage, cfg.env.env_id))
+    trained.experiment = cfg.experiment
+    trained.env.max_episode_steps = cfg.env.max_episode_steps
+    trained.env.backend = cfg.env.backend
+    return trained
+
+
 def require_match(name: str, found: Any, expected: Any, path: Path) -> None:
     """Refuse a checkpoint whose `name` (e.g. vae.latent_size) differs from what this run expects."""
     if found != expected:
