@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -19,7 +20,7 @@ from models.mdnrnn import MDNRNN
 from models.vae import ConvVAE
 from tests.conftest import isolate, tiny_pipeline_config
 from train import run_pipeline
-from training.learning_curve import CURVE_COLUMNS
+from training.learning_curve import CURVE_COLUMNS, LearningCurve
 from training.population import run_episodes
 from training.train_controller import train_controller
 from utils.env_workers import EnvWorkerPool
@@ -341,6 +342,49 @@ def test_weight_decay_ranks_small_parameters_first_and_the_history_keeps_the_pla
     rebuilt = CMAES(10, sigma=0.5, population_size=12, seed=2, x0=np.full(10, 3.0), weight_decay=0.005)
     rebuilt.replay(np.stack(decayed.fitness_history))
     np.testing.assert_array_equal(rebuilt.mean, decayed.mean)
+
+
+@pytest.mark.slow
+def test_a_run_continued_on_the_other_backend_re_chooses_its_kept_best(lunar_models, tmp_path, capsys):
+    """The ports draw frames differently, so real scores from two backends are not compared: after a switch
+    the kept best is the best of the new backend's re-evaluations, and the curve shows who played."""
+    cfg = _controller_config(lunar_models, 2)
+    cfg.env.backend = "gymnasium"
+    cfg.experiment.checkpoint_dir = str(tmp_path / "switched")
+    for stage in ("vae", "vae_best", "mdnrnn", "mdnrnn_best"):
+        source = checkpoint_path(_controller_config(lunar_models, 1), stage)
+        target = checkpoint_path(cfg, stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    train_controller(cfg)
+    on_gymnasium = load_controller_checkpoint(cfg)
+    assert np.isfinite(on_gymnasium["best_score"])
+    cfg.env.backend, cfg.controller.generations = "envpool", 3
+    capsys.readouterr()
+    train_controller(cfg)
+    assert "was scored on Gymnasium; this run plays EnvPool" in capsys.readouterr().out
+    switched = load_controller_checkpoint(cfg)
+    curve = switched["curve"]
+    column = {name: curve[:, i].tolist() for i, name in enumerate(CURVE_COLUMNS)}
+    assert column["on_envpool"] == [0.0, 0.0, 1.0]
+    # Generation 3 (the last) was re-evaluated on EnvPool: the kept best is its better candidate, whatever
+    # the Gymnasium best before it was.
+    assert switched["best_score"] == max(column["eval_mean_params"][2], column["eval_best_candidate"][2])
+    # Continued again on EnvPool, nothing is re-chosen.
+    cfg.controller.generations = 4
+    train_controller(cfg)
+    assert "was scored on" not in capsys.readouterr().out
+    assert load_controller_checkpoint(cfg)["best_score"] >= switched["best_score"]
+
+
+def test_a_curve_from_before_a_column_was_added_reads_with_nan_there(tmp_path):
+    old = torch.arange(22, dtype=torch.float64).reshape(2, 11)  # the 11 columns before on_envpool
+    curve = LearningCurve(old)
+    assert curve.as_tensor().shape == (2, len(CURVE_COLUMNS))
+    assert math.isnan(curve.last("on_envpool")) and curve.total("real_episodes") == 12.0
+    with open(curve.write_csv(tmp_path / "curve.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[1]["on_envpool"] == "" and rows[1]["generation"] == "11"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def test_the_table_reads_each_run_at_the_milestones_and_the_plot_is_written(tmp_
     curve = LearningCurve()
     # 4,000 real episodes a generation; the mean is re-evaluated at generation 2 only.
     for generation, (mean, evaluation) in enumerate([(10.0, None), (50.0, (80.0, 70.0)), (90.0, None)], 1):
-        curve.add(generation, 4000, 4_000_000, 0, 60.0, np.array([mean - 5, mean + 5]), 0.1, evaluation, 0.0)
+        curve.add(generation, 4000, 4_000_000, 0, 60.0, np.array([mean - 5, mean + 5]), 0.1, evaluation, 0.0, True)
     path = curve.write_csv(tmp_path / "run" / "controller_curve.csv")
     out = tmp_path / "curve.png"
     plot_curve.main([str(path), "--labels", "ours", "--out", str(out)])
@@ -41,7 +41,7 @@ def test_doom_curves_are_drawn_against_dream_episodes_beside_the_originals_dream
     for generation in range(1, 13):
         evaluation = (480.0, 500.0) if generation == 10 else None
         curve.add(generation, 32 if evaluation else 0, 9_000 if evaluation else 0, 1024, 40.0,
-                  np.array([100.0 * generation, 100.0 * generation + 50]), 0.1, evaluation, 0.0)
+                  np.array([100.0 * generation, 100.0 * generation + 50]), 0.1, evaluation, 0.0, True)
     path = curve.write_csv(tmp_path / "tau1.15" / "controller_curve.csv")
     out = tmp_path / "doom.png"
     plot_curve.main([str(path), "--task", "doom", "--out", str(out)])

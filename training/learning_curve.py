@@ -31,7 +31,10 @@ CURVE_COLUMNS = (
     "eval_mean_params",  # real score of the CMA-ES mean on `eval_episodes` episodes; empty between evaluations
     "eval_best_candidate",  # the same for the generation's best candidate
     "best_score",  # the kept best's score so far: real, or in dream mode its score in the dream's re-evaluation
+    "on_envpool",  # 1 when EnvPool played the generation's real episodes, 0 Gymnasium (the ports draw CarRacing
+    # differently, so a run continued on the other backend shows where); empty in curves from before 2026-11-30
 )
+INTEGER_COLUMNS = ("generation", "real_episodes", "real_env_steps", "dream_episodes", "on_envpool")
 
 
 class LearningCurve:
@@ -39,19 +42,27 @@ class LearningCurve:
 
     def __init__(self, rows: Optional[torch.Tensor] = None):
         self.rows: list[list[float]] = [] if rows is None else rows.double().tolist()
+        for row in self.rows:  # a checkpoint's curve from before a column was added: nan in the new ones
+            row.extend([math.nan] * (len(CURVE_COLUMNS) - len(row)))
+
+    def last(self, column: str) -> float:
+        """`column` of the last generation (nan before the first)."""
+        return self.rows[-1][CURVE_COLUMNS.index(column)] if self.rows else math.nan
 
     def total(self, column: str) -> float:
         """The running total `column` has reached (0 before the first generation)."""
         return self.rows[-1][CURVE_COLUMNS.index(column)] if self.rows else 0.0
 
     def add(self, generation: int, real_episodes: int, real_env_steps: int, dream_episodes: int, seconds: float,
-            fitness: np.ndarray, sigma: float, evaluation: Optional[tuple[float, float]], best_score: float) -> None:
-        """Append generation `generation`: what it spent (added to the totals) and what it scored."""
+            fitness: np.ndarray, sigma: float, evaluation: Optional[tuple[float, float]], best_score: float,
+            on_envpool: bool) -> None:
+        """Append generation `generation`: what it spent (added to the totals), what it scored, and which
+        backend played its real episodes."""
         eval_mean, eval_best = evaluation if evaluation is not None else (math.nan, math.nan)
         self.rows.append([
             generation, self.total("real_episodes") + real_episodes, self.total("real_env_steps") + real_env_steps,
             self.total("dream_episodes") + dream_episodes, self.total("wall_seconds") + seconds,
-            float(np.mean(fitness)), float(np.max(fitness)), sigma, eval_mean, eval_best, best_score,
+            float(np.mean(fitness)), float(np.max(fitness)), sigma, eval_mean, eval_best, best_score, float(on_envpool),
         ])
 
     def as_tensor(self) -> torch.Tensor:
@@ -65,8 +76,7 @@ class LearningCurve:
             writer.writerow(CURVE_COLUMNS)
             for row in self.rows:
                 writer.writerow(["" if not math.isfinite(value) else
-                                 (int(value) if column in ("generation", "real_episodes", "real_env_steps",
-                                                           "dream_episodes") else f"{value:.6g}")
+                                 (int(value) if column in INTEGER_COLUMNS else f"{value:.6g}")
                                  for column, value in zip(CURVE_COLUMNS, row)])
         return path
 

@@ -26,6 +26,7 @@ the dream of the generation's best candidate is decoded by V into `videos/<exper
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -100,7 +101,21 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
                                f"mean (another version of the cma package?); train C under a new --experiment")
     # A checkpoint from before the curve was kept starts its totals at this resume.
     curve = LearningCurve(checkpoint.get("curve"))
-    return ControllerRun(len(history), checkpoint["best_params"].numpy(), float(checkpoint["best_score"]), curve)
+    best_score = float(checkpoint["best_score"])
+    # The kept best's score is a real score on one backend, and the two ports draw CarRacing differently
+    # (docs/RESULTS.md): continued on the other backend (e.g. to fine-tune on Gymnasium's frames), a score
+    # from there cannot be compared with it, so the kept best is re-chosen from the next re-evaluation on
+    # (until then the old one is kept). Dream mode chooses it in M, whoever plays the watched real scores.
+    scored_on_envpool = curve.last("on_envpool")
+    if not math.isfinite(scored_on_envpool) and saved["env"].get("backend") in ("gymnasium", "envpool"):
+        scored_on_envpool = float(saved["env"]["backend"] == "envpool")  # curves from before the column
+    plays_on_envpool = float(resolve_backend(cfg.env) == "envpool")
+    if c.mode == "real" and math.isfinite(scored_on_envpool) and scored_on_envpool != plays_on_envpool:
+        names = {0.0: "Gymnasium", 1.0: "EnvPool"}
+        print(f"controller: the kept best ({best_score:.1f}) was scored on {names[scored_on_envpool]}; this run plays "
+              f"{names[plays_on_envpool]}, so its next re-evaluation starts a new kept best")
+        best_score = -math.inf
+    return ControllerRun(len(history), checkpoint["best_params"].numpy(), best_score, curve)
 
 
 def train_controller(cfg: Config) -> Path:
@@ -200,7 +215,7 @@ def train_controller(cfg: Config) -> Path:
                                                               episode_seeds(cfg, "controller_eval", 0, 1), record_first=True)
                     real_episodes, real_steps = real_episodes + 1, real_steps + int(video_lengths.sum())
                 curve.add(step, real_episodes, real_steps, len(lengths) if dream else 0, time.perf_counter() - started,
-                          fitness, es.sigma, evaluation, best_score)
+                          fitness, es.sigma, evaluation, best_score, resolve_backend(cfg.env) == "envpool")
                 writer.add_scalar("controller/real_episodes", curve.total("real_episodes"), step)
                 writer.add_scalar("controller/real_env_steps", curve.total("real_env_steps"), step)
                 save_checkpoint(
