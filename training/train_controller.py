@@ -102,20 +102,27 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     # A checkpoint from before the curve was kept starts its totals at this resume.
     curve = LearningCurve(checkpoint.get("curve"))
     best_score = float(checkpoint["best_score"])
-    # The kept best's score is a real score on one backend, and the two ports draw CarRacing differently
-    # (docs/RESULTS.md): continued on the other backend (e.g. to fine-tune on Gymnasium's frames), a score
-    # from there cannot be compared with it, so the kept best is re-chosen from the next re-evaluation on
-    # (until then the old one is kept). Dream mode chooses it in M, whoever plays the watched real scores.
-    scored_on_envpool = curve.last("on_envpool")
-    if not math.isfinite(scored_on_envpool) and saved["env"].get("backend") in ("gymnasium", "envpool"):
-        scored_on_envpool = float(saved["env"]["backend"] == "envpool")  # curves from before the column
-    plays_on_envpool = float(resolve_backend(cfg.env) == "envpool")
-    if c.mode == "real" and math.isfinite(scored_on_envpool) and scored_on_envpool != plays_on_envpool:
-        names = {0.0: "Gymnasium", 1.0: "EnvPool"}
-        print(f"controller: the kept best ({best_score:.1f}) was scored on {names[scored_on_envpool]}; this run plays "
-              f"{names[plays_on_envpool]}, so its next re-evaluation starts a new kept best")
-        best_score = -math.inf
+    if c.mode == "real":
+        best_score = _kept_best_on_this_backend(cfg, saved, curve, best_score)
     return ControllerRun(len(history), checkpoint["best_params"].numpy(), best_score, curve)
+
+
+def _kept_best_on_this_backend(cfg: Config, saved_config: dict, curve: LearningCurve, best_score: float) -> float:
+    """The kept best's score to compete with in a resumed real-mode run: `best_score`, or -inf when it was
+    scored on the other backend. The two ports draw CarRacing differently (docs/RESULTS.md), so a real score
+    from one cannot be compared with one from the other: continued on the other backend (e.g. to fine-tune
+    on Gymnasium's frames), the kept best is re-chosen from the next re-evaluation on (until then the old
+    C stays). Dream mode needs none of this: it chooses the kept best in M, whoever plays the watched scores."""
+    scored_on_envpool = curve.last("on_envpool")
+    if not math.isfinite(scored_on_envpool) and saved_config["env"].get("backend") in ("gymnasium", "envpool"):
+        scored_on_envpool = float(saved_config["env"]["backend"] == "envpool")  # curves from before the column
+    plays_on_envpool = float(resolve_backend(cfg.env) == "envpool")
+    if not math.isfinite(scored_on_envpool) or scored_on_envpool == plays_on_envpool:
+        return best_score
+    names = {0.0: "Gymnasium", 1.0: "EnvPool"}
+    print(f"controller: the kept best ({best_score:.1f}) was scored on {names[scored_on_envpool]}; this run plays "
+          f"{names[plays_on_envpool]}, so its next re-evaluation starts a new kept best")
+    return -math.inf
 
 
 def train_controller(cfg: Config) -> Path:
@@ -138,6 +145,7 @@ def train_controller(cfg: Config) -> Path:
 
     rollouts = c.rollouts_per_candidate
     dream = c.mode == "dream"
+    backend = resolve_backend(cfg.env)  # "gymnasium" or "envpool": the curve records which played
     starts = load_dream_starts(cfg, policy.vae, device) if dream else None
     writer = make_writer(cfg, "controller")
     # In the dream the envs serve the re-evaluation only.
@@ -147,7 +155,7 @@ def train_controller(cfg: Config) -> Path:
     # EnvPool steps while the models wait, so the models keep every core.
     threads = 1 if pool.workers > 1 and not dream else 0
     print(f"controller: CMA-ES on {num_params} parameters, population {c.population_size} x {rollouts} rollouts "
-          f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} {resolve_backend(cfg.env)} envs over "
+          f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} {backend} envs over "
           f"{pool.workers} worker(s), "
           f"device {device}")
     fitness_tag = "controller/dream_fitness" if dream else "controller/fitness"
@@ -215,7 +223,7 @@ def train_controller(cfg: Config) -> Path:
                                                               episode_seeds(cfg, "controller_eval", 0, 1), record_first=True)
                     real_episodes, real_steps = real_episodes + 1, real_steps + int(video_lengths.sum())
                 curve.add(step, real_episodes, real_steps, len(lengths) if dream else 0, time.perf_counter() - started,
-                          fitness, es.sigma, evaluation, best_score, resolve_backend(cfg.env) == "envpool")
+                          fitness, es.sigma, evaluation, best_score, backend == "envpool")
                 writer.add_scalar("controller/real_episodes", curve.total("real_episodes"), step)
                 writer.add_scalar("controller/real_env_steps", curve.total("real_env_steps"), step)
                 save_checkpoint(
