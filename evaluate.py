@@ -35,7 +35,7 @@ from models.ppo_agent import PPOAgent
 from training.dream import dream_candidates, dream_generator, dream_video, load_dream_starts
 from training.learning_curve import read_curve_csv
 from training.population import run_episodes
-from training.ppo_envs import make_ppo_eval_env
+from training.ppo_envs import env_steps_per_ppo_step, make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import RandomAgent, env_action_space, make_frame_env, run_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolSlots, play_episodes, resolve_backend
@@ -325,7 +325,8 @@ def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]
     steps so far (every CMA-ES rollout, re-evaluation and video episode: `controller_curve.csv`), against
     the population's mean fitness and, where made, the re-evaluation of the CMA-ES mean. A dream-trained C
     spends real steps on re-evaluation only. PPO: the returns of its training episodes
-    (`charts/episodic_return` in TensorBoard) against its global step.
+    (`charts/episodic_return` in TensorBoard) against its global step, in the env's own steps: a PPO step
+    from pixels repeats its action `ppo.frame_skip` times (`env_steps_per_ppo_step` of the PPO run's config).
     """
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     curve_path = checkpoint_path(cfg, "controller").with_name("controller_curve.csv")
@@ -340,7 +341,9 @@ def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]
                 steps[evaluated], np.array([curve[i]["eval_mean_params"] for i in evaluated]))
     ppo = read_scalars(experiment_dir(cfg, "logs") / "ppo", ["charts/episodic_return"])
     if ppo:
-        series["ppo: training episodes"] = ppo["charts/episodic_return"]
+        ppo_steps, ppo_returns = ppo["charts/episodic_return"]
+        trained = trained_config(cfg, "ppo") if checkpoint_path(cfg, "ppo").is_file() else cfg
+        series["ppo: training episodes"] = (ppo_steps * env_steps_per_ppo_step(trained), ppo_returns)
     return series
 
 

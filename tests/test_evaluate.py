@@ -114,6 +114,23 @@ def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys)
     assert data["world_models_minus_ppo"]["ci95_low"] <= data["world_models_minus_ppo"]["difference"]
 
 
+def test_ppo_series_counts_the_env_steps_of_its_action_repeat(tmp_path):
+    """PPO from LunarLander's pixels repeats each action 4 times: its training episodes are drawn at 4x its
+    global step on the env-steps axis, where World Models' steps are the env's own."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from evaluate import returns_by_env_steps
+
+    cfg = isolate(get_config("LunarLander-v3", overrides=["ppo.observation=pixels", "ppo.frame_skip=4"]), tmp_path)
+    with SummaryWriter(str(tmp_path / "logs" / "lunarlander-v3" / "ppo")) as writer:
+        for step, episodic_return in ((128, -200.0), (256, -150.0)):
+            writer.add_scalar("charts/episodic_return", episodic_return, step)
+    steps, returns = returns_by_env_steps(cfg)["ppo: training episodes"]
+    assert steps.tolist() == [512, 1024] and returns.tolist() == [-200.0, -150.0]
+    state = isolate(get_config("LunarLander-v3"), tmp_path)
+    assert returns_by_env_steps(state)["ppo: training episodes"][0].tolist() == [128, 256]
+
+
 @pytest.mark.slow
 def test_dream_evaluation_is_reproducible_and_uses_the_temperature(trained_lunar):
     cfg = isolate(get_config("LunarLander-v3", preset="smoke"), trained_lunar)

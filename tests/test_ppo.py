@@ -14,7 +14,8 @@ from config import Config, get_config
 from models.ppo_agent import PPOAgent, build_policy
 from models.ppo_policy import ActorCritic, ppo_loss
 from training.ppo_baseline import evaluate_ppo, ppo_torch_threads, train_ppo
-from training.ppo_envs import EpisodicLife, make_ppo_env, make_ppo_eval_env, make_vector_env
+from training.ppo_envs import (ALE_V5_FRAMESKIP, EpisodicLife, env_steps_per_ppo_step, make_ppo_env, make_ppo_eval_env,
+                               make_vector_env)
 from training.ppo_rollout import Rollout, collect_rollout, compute_gae
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, load_checkpoint
@@ -184,6 +185,27 @@ def test_evaluation_caps_ppo_at_the_env_steps_every_method_plays(tmp_path, env_i
         if terminated or truncated:
             break
     assert (step, terminated, truncated) == (ppo_steps, False, True)
+
+
+@pytest.mark.parametrize("env_id, overrides", [
+    ("ALE/Pong-v5", ()),
+    ("ALE/Pong-v5", ("ppo.frame_skip=2",)),
+    ("LunarLander-v3", ("ppo.observation=pixels", "ppo.frame_skip=4")),
+    ("LunarLander-v3", ()),
+])
+def test_env_steps_per_ppo_step_counts_the_steps_every_other_method_plays(tmp_path, env_id, overrides):
+    """The compare plot's x axis for PPO: base-env steps a PPO step takes, in the env's own steps (ALE v5's
+    step is 4 frames; PPO's Atari env is made with frameskip 1 and skips frames itself)."""
+    cfg = tiny_config(tmp_path, env_id, *overrides)
+    env = make_ppo_eval_env(cfg)
+    env.reset(seed=0)
+    base, calls = env.unwrapped, []
+    base_step = base.step
+    base.step = lambda action: calls.append(1) or base_step(action)
+    for _ in range(5):
+        env.step(0)  # NOOP / do nothing: no episode ends within 5 steps
+    per_ppo_step = len(calls) / 5 / (ALE_V5_FRAMESKIP if env_id.startswith("ALE/") else 1)
+    assert env_steps_per_ppo_step(cfg) == per_ppo_step
 
 
 def test_whole_game_evaluation_serves_after_a_lost_life(tmp_path):

@@ -185,6 +185,19 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None,
 ALE_V5_FRAMESKIP = 4
 
 
+def env_steps_per_ppo_step(cfg: Config) -> float:
+    """Steps of the env as World Models and random play it that one PPO step takes: `ppo.frame_skip` for a
+    non-Atari pixel env (its action repeat), `ppo.frame_skip` frames over ALE v5's 4 on Atari, 1 for state.
+    At an episode's end a repeat stops early, so over a run this is an upper bound by at most one PPO
+    step's repeats per episode."""
+    env_id = resolve_env_id(cfg.env.env_id)
+    if resolve_observation(cfg) == "state":
+        return 1.0
+    if is_atari(env_id):
+        return cfg.ppo.frame_skip / ALE_V5_FRAMESKIP
+    return float(max(cfg.ppo.frame_skip, 1))
+
+
 def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Optional[str] = None,
                       max_episode_steps: Optional[int] = None) -> gym.Env:
     """A single env with training's observation pipeline minus the training-only wrappers; rewards
