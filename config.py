@@ -217,6 +217,9 @@ class ExperimentConfig:
     # "" = local processes | "local" = a Ray instance started on this machine | "auto" = the Ray cluster
     # that `ray start` joined this machine to | "HOST:PORT" = a Ray head node (README, "Scaling out")
     ray_address: str = ""
+    # evaluate.py: the experiment whose PPO run is evaluated and compared ("" = this one), so that World
+    # Models can be compared with PPO trained on other observations (e.g. `ppo-lunar-pixels`) as it is
+    ppo_experiment: str = ""
 
 
 @dataclass
@@ -555,6 +558,12 @@ def _fraction() -> Rule:
     return _bounded(lambda value: 0 <= value < 1, "in [0, 1)")
 
 
+def _folder_name() -> Rule:
+    return lambda key, value: (
+        None if value == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value)
+        else f"bad {key} {value!r}; valid: empty or one folder name (letters, digits, . _ -), no path")
+
+
 def _one_of(choices: tuple[str, ...]) -> Rule:
     return lambda key, value: None if value in choices else f"unknown {key} {value!r}; valid: {', '.join(choices)}"
 
@@ -576,9 +585,7 @@ FIELD_RULES: dict[str, Rule] = {
     "collect.exploration": _at_least(0),
     "collect.seed_offset": _at_least(0),
     "collect.max_episode_steps": _at_least(0),
-    "collect.rollout_folder": lambda key, value: (
-        None if value == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value)
-        else f"bad {key} {value!r}; valid: empty or one folder name (letters, digits, . _ -), no path"),
+    "collect.rollout_folder": _folder_name(),
     "vae.latent_size": _at_least(1),
     "vae.recon_loss": _one_of(RECON_LOSSES),
     "vae.beta": _at_least(0),
@@ -621,6 +628,7 @@ FIELD_RULES: dict[str, Rule] = {
     "controller.dream_done": _one_of(DREAM_DONE_RULES),
     "controller.workers": _at_least(0),
     "controller.video_every": _at_least(0),
+    "experiment.ppo_experiment": _folder_name(),
     "ppo.observation": _one_of(PPO_OBSERVATIONS),
     "ppo.total_timesteps": _at_least(1),
     "ppo.num_envs": _at_least(1),

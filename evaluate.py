@@ -16,6 +16,7 @@ imagines, scored by M's reward head), as the paper's Table 2 reports dream and r
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -93,6 +94,15 @@ def _trained_config(cfg: Config, stage: str) -> Config:
     return trained_config(cfg, stage, hint)
 
 
+def ppo_run(cfg: Config) -> Config:
+    """`cfg` pointed at the experiment whose PPO run is evaluated: `experiment.ppo_experiment`, or this one."""
+    if not cfg.experiment.ppo_experiment:
+        return cfg
+    other = copy.deepcopy(cfg)
+    other.experiment.name = cfg.experiment.ppo_experiment
+    return other
+
+
 def _frame_env(env_cfg: EnvConfig) -> Any:
     """The Gymnasium env an agent plays (and --video replays) on; None where EnvPool plays instead."""
     return make_frame_env(env_cfg) if resolve_backend(env_cfg) == "gymnasium" else None
@@ -107,8 +117,8 @@ def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any,
         h = f"{memory} ({trained.mdnrnn.hidden_size})" if memory else ""
         return agent, _frame_env(trained.env), f"{trained.env.frame_size}x{trained.env.frame_size} RGB -> z ({trained.vae.latent_size}){h}"
     if method == "ppo":
-        _trained_config(cfg, "ppo")  # a clear message when it is missing
-        agent = PPOAgent.from_checkpoint(cfg, device)
+        _trained_config(ppo_run(cfg), "ppo")  # a clear message when it is missing
+        agent = PPOAgent.from_checkpoint(ppo_run(cfg), device)
         # The checkpoint's observation pipeline; this command's episode cap, as for every method.
         env = make_ppo_eval_env(agent.config, render_mode="rgb_array", max_episode_steps=cfg.env.max_episode_steps)
         shape = env.observation_space.shape
@@ -327,6 +337,7 @@ def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]
     spends real steps on re-evaluation only. PPO: the returns of its training episodes
     (`charts/episodic_return` in TensorBoard) against its global step, in the env's own steps: a PPO step
     from pixels repeats its action `ppo.frame_skip` times (`env_steps_per_ppo_step` of the PPO run's config).
+    The PPO run is `experiment.ppo_experiment`'s where that is set (`ppo_run`).
     """
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     curve_path = checkpoint_path(cfg, "controller").with_name("controller_curve.csv")
@@ -339,10 +350,11 @@ def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]
         if evaluated:
             series["world_models: CMA-ES mean, re-evaluated"] = (
                 steps[evaluated], np.array([curve[i]["eval_mean_params"] for i in evaluated]))
-    ppo = read_scalars(experiment_dir(cfg, "logs") / "ppo", ["charts/episodic_return"])
+    ppo_cfg = ppo_run(cfg)
+    ppo = read_scalars(experiment_dir(ppo_cfg, "logs") / "ppo", ["charts/episodic_return"])
     if ppo:
         ppo_steps, ppo_returns = ppo["charts/episodic_return"]
-        trained = trained_config(cfg, "ppo") if checkpoint_path(cfg, "ppo").is_file() else cfg
+        trained = trained_config(ppo_cfg, "ppo") if checkpoint_path(ppo_cfg, "ppo").is_file() else ppo_cfg
         series["ppo: training episodes"] = (ppo_steps * env_steps_per_ppo_step(trained), ppo_returns)
     return series
 
@@ -435,8 +447,8 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         return {"summaries": [summary], "rows": rows}
     methods = list(METHODS) if method == "compare" else [method]
     if method == "compare":  # every trained method must exist before anything runs
-        for name in ("world_models", "ppo"):
-            _trained_config(cfg, "controller" if name == "world_models" else "ppo")
+        _trained_config(cfg, "controller")
+        _trained_config(ppo_run(cfg), "ppo")
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
     print(f"evaluate: {cfg.env.env_id}, {episodes} episodes per method, env seeds {seeds[0]}..{seeds[-1]}")
     summaries, rows = [], []
@@ -473,7 +485,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--dream", action="store_true", help="world_models: play C inside M instead of the env")
     parser.add_argument("--temperature", type=float, default=None,
                         help="--dream: M's sampling temperature tau (default: the one C was trained with)")
+    parser.add_argument("--ppo-experiment", default="",
+                        help="ppo / compare: the experiment that trained PPO (default: --experiment), e.g. PPO "
+                             "from pixels beside a World Models run")
     args = parser.parse_args(argv)
+    if args.ppo_experiment:
+        args.overrides.append(f"experiment.ppo_experiment={args.ppo_experiment}")
     if args.backend is None:
         # The numbers we publish are Gymnasium's (--backend envpool to compare), where Gymnasium has the env.
         args.backend = "auto" if canonical_env_id(args.env, notify=False) in ENVPOOL_ONLY_ENVS else "gymnasium"

@@ -131,6 +131,25 @@ def test_ppo_series_counts_the_env_steps_of_its_action_repeat(tmp_path):
     assert returns_by_env_steps(state)["ppo: training episodes"][0].tolist() == [128, 256]
 
 
+def test_ppo_of_another_experiment_is_read_from_that_experiment(tmp_path):
+    """experiment.ppo_experiment: PPO's checkpoint and training curve come from that run, not this one."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from evaluate import returns_by_env_steps
+    from utils.errors import WorldModelsError
+
+    cfg = isolate(get_config("LunarLander-v3", overrides=["experiment.name=wm-lunar",
+                                                          "experiment.ppo_experiment=ppo-lunar-pixels"]), tmp_path)
+    with SummaryWriter(str(tmp_path / "logs" / "ppo-lunar-pixels" / "ppo")) as writer:
+        writer.add_scalar("charts/episodic_return", -120.0, 1024)
+    assert returns_by_env_steps(cfg)["ppo: training episodes"][1].tolist() == [-120.0]
+    with pytest.raises(WorldModelsError, match="no ppo checkpoint at .*ppo-lunar-pixels/ppo.pt; train it first: "
+                                               r"python -m training.ppo_baseline --env LunarLander-v3 --experiment ppo-lunar-pixels$"):
+        evaluate(cfg, "ppo", episodes=1, workers=1)
+    with pytest.raises(WorldModelsError, match="experiment.ppo_experiment"):
+        get_config("LunarLander-v3", overrides=["experiment.ppo_experiment=../elsewhere"])
+
+
 @pytest.mark.slow
 def test_dream_evaluation_is_reproducible_and_uses_the_temperature(trained_lunar):
     cfg = isolate(get_config("LunarLander-v3", preset="smoke"), trained_lunar)
