@@ -217,8 +217,8 @@ class ExperimentConfig:
     # "" = local processes | "local" = a Ray instance started on this machine | "auto" = the Ray cluster
     # that `ray start` joined this machine to | "HOST:PORT" = a Ray head node (README, "Scaling out")
     ray_address: str = ""
-    # evaluate.py: the experiment whose PPO run is evaluated and compared ("" = this one), so that World
-    # Models can be compared with PPO trained on other observations (e.g. `ppo-lunar-pixels`) as it is
+    # evaluate.py: the experiment whose PPO run is evaluated and compared ("" = this one), e.g. PPO trained
+    # from pixels (`ppo-lunar-pixels`) beside a World Models run
     ppo_experiment: str = ""
 
 

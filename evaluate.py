@@ -16,7 +16,6 @@ imagines, scored by M's reward head), as the paper's Table 2 reports dream and r
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
@@ -42,7 +41,7 @@ from utils.environment import RandomAgent, env_action_space, make_frame_env, run
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolSlots, play_episodes, resolve_backend
 from utils.data import load_episode, require_episodes
 from utils.errors import WorldModelsError
-from utils.files import atomic_path, checkpoint_path, experiment_dir, make_writer, trained_config
+from utils.files import atomic_path, checkpoint_path, experiment_dir, make_writer, of_experiment, trained_config
 from utils.images import upscale
 from utils.runtime import episode_seeds, resolve_device
 from utils.stats import difference_of_means, mean_with_ci95
@@ -96,11 +95,7 @@ def _trained_config(cfg: Config, stage: str) -> Config:
 
 def ppo_run(cfg: Config) -> Config:
     """`cfg` pointed at the experiment whose PPO run is evaluated: `experiment.ppo_experiment`, or this one."""
-    if not cfg.experiment.ppo_experiment:
-        return cfg
-    other = copy.deepcopy(cfg)
-    other.experiment.name = cfg.experiment.ppo_experiment
-    return other
+    return of_experiment(cfg, cfg.experiment.ppo_experiment) if cfg.experiment.ppo_experiment else cfg
 
 
 def _frame_env(env_cfg: EnvConfig) -> Any:
@@ -117,8 +112,9 @@ def make_agent_and_env(method: str, cfg: Config, device: str) -> tuple[Any, Any,
         h = f"{memory} ({trained.mdnrnn.hidden_size})" if memory else ""
         return agent, _frame_env(trained.env), f"{trained.env.frame_size}x{trained.env.frame_size} RGB -> z ({trained.vae.latent_size}){h}"
     if method == "ppo":
-        _trained_config(ppo_run(cfg), "ppo")  # a clear message when it is missing
-        agent = PPOAgent.from_checkpoint(ppo_run(cfg), device)
+        run = ppo_run(cfg)
+        _trained_config(run, "ppo")  # a clear message when it is missing
+        agent = PPOAgent.from_checkpoint(run, device)
         # The checkpoint's observation pipeline; this command's episode cap, as for every method.
         env = make_ppo_eval_env(agent.config, render_mode="rgb_array", max_episode_steps=cfg.env.max_episode_steps)
         shape = env.observation_space.shape
@@ -350,13 +346,23 @@ def returns_by_env_steps(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]
         if evaluated:
             series["world_models: CMA-ES mean, re-evaluated"] = (
                 steps[evaluated], np.array([curve[i]["eval_mean_params"] for i in evaluated]))
-    ppo_cfg = ppo_run(cfg)
-    ppo = read_scalars(experiment_dir(ppo_cfg, "logs") / "ppo", ["charts/episodic_return"])
-    if ppo:
-        ppo_steps, ppo_returns = ppo["charts/episodic_return"]
-        trained = trained_config(ppo_cfg, "ppo") if checkpoint_path(ppo_cfg, "ppo").is_file() else ppo_cfg
-        series["ppo: training episodes"] = (ppo_steps * env_steps_per_ppo_step(trained), ppo_returns)
+    ppo = ppo_training_returns(cfg)
+    if ppo is not None:
+        series["ppo: training episodes"] = ppo
     return series
+
+
+def ppo_training_returns(cfg: Config) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(env steps (N,), returns (N,)) of the PPO run's training episodes (`ppo_run`), from its TensorBoard
+    `charts/episodic_return`, its global steps converted into the env's own steps with the run's config
+    (`env_steps_per_ppo_step`); None when the run wrote none."""
+    run = ppo_run(cfg)
+    logged = read_scalars(experiment_dir(run, "logs") / "ppo", ["charts/episodic_return"])
+    if not logged:
+        return None
+    steps, returns = logged["charts/episodic_return"]
+    trained = trained_config(run, "ppo") if checkpoint_path(run, "ppo").is_file() else run
+    return steps * env_steps_per_ppo_step(trained), returns
 
 
 def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], folder: Path) -> list[Path]:
@@ -382,13 +388,13 @@ def plot_comparison(cfg: Config, rows: list[dict], summaries: list[Summary], fol
     controller = read_scalars(logs / "controller", ["controller/fitness_mean", "controller/fitness_best",
                                                     "controller/dream_fitness_mean", "controller/dream_fitness_best",
                                                     "controller/best_score"])
-    ppo = read_scalars(logs / "ppo", ["charts/episodic_return"])
+    ppo = ppo_training_returns(cfg)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for tag, (steps, values) in controller.items():
         axes[0].plot(steps, values, label=tag.split("/")[1])
     axes[0].set(xlabel="CMA-ES generation", ylabel="return", title="World Models controller (CMA-ES)")
-    if ppo:
-        steps, values = ppo["charts/episodic_return"]
+    if ppo is not None:
+        steps, values = ppo
         window = max(1, len(values) // 50)
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
         axes[1].plot(steps, values, alpha=0.25, label="episodic return")
@@ -464,6 +470,8 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         ppo = np.array([r["return"] for r in rows if r["method"] == "ppo"])
         difference, low, high = difference_of_means(wm, ppo)
         extra["world_models_minus_ppo"] = {"difference": difference, "ci95_low": low, "ci95_high": high}
+    if "ppo" in methods:
+        extra["ppo_experiment"] = ppo_run(cfg).experiment_name  # whose PPO played (--ppo-experiment)
         print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
     # Files of a run on EnvPool sit beside, not over, the Gymnasium ones (evaluating a transfer needs both).
     name = f"{method}_envpool" if any(s.backend == "envpool" for s in summaries) else method

@@ -146,6 +146,15 @@ def test_ppo_of_another_experiment_is_read_from_that_experiment(tmp_path):
     with pytest.raises(WorldModelsError, match="no ppo checkpoint at .*ppo-lunar-pixels/ppo.pt; train it first: "
                                                r"python -m training.ppo_baseline --env LunarLander-v3 --experiment ppo-lunar-pixels$"):
         evaluate(cfg, "ppo", episodes=1, workers=1)
+    # With its checkpoint there, the steps are converted with the PPO run's own config (pixels, 4 repeats),
+    # not this command's (state).
+    from utils.files import checkpoint_path, of_experiment, save_checkpoint
+
+    trained = isolate(get_config("LunarLander-v3", overrides=["experiment.name=ppo-lunar-pixels", "ppo.observation=pixels",
+                                                              "ppo.frame_skip=4"]), tmp_path)
+    save_checkpoint(checkpoint_path(trained, "ppo"), "ppo", trained, global_step=1024)
+    assert checkpoint_path(of_experiment(cfg, "ppo-lunar-pixels"), "ppo") == checkpoint_path(trained, "ppo")
+    assert returns_by_env_steps(cfg)["ppo: training episodes"][0].tolist() == [4096]
     with pytest.raises(WorldModelsError, match="experiment.ppo_experiment"):
         get_config("LunarLander-v3", overrides=["experiment.ppo_experiment=../elsewhere"])
 

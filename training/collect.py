@@ -13,7 +13,6 @@ CarRacing data (`random_controller`: a randomly initialised C per episode behind
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +30,7 @@ from utils.actions import action_size
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import Agent, collect_episodes, make_random_agent
 from utils.errors import WorldModelsError
+from utils.files import of_experiment
 
 
 class RandomControllerAgent:
@@ -78,9 +78,7 @@ def make_collect_agent(cfg: Config, action_space: gym.Space) -> Agent:
     if not c.controller_experiment:
         raise WorldModelsError("collect.policy=controller needs collect.controller_experiment=<an experiment with a "
                                "trained controller>")
-    source = copy.deepcopy(cfg)
-    source.experiment.name = c.controller_experiment
-    return load_world_model_agent(source, torch.device("cpu"), c.exploration)
+    return load_world_model_agent(of_experiment(cfg, c.controller_experiment), torch.device("cpu"), c.exploration)
 
 
 def collect(cfg: Config, visualize: bool = False) -> Path:

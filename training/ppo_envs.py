@@ -190,8 +190,8 @@ ALE_V5_FRAMESKIP = 4
 def env_steps_per_ppo_step(cfg: Config) -> float:
     """Steps of the env as World Models and random play it that one PPO step takes: `ppo.frame_skip` for a
     non-Atari pixel env (its action repeat), `ppo.frame_skip` frames over ALE v5's 4 on Atari, 1 for state.
-    At an episode's end a repeat stops early, so over a run this is an upper bound by at most one PPO
-    step's repeats per episode."""
+    Not exact over a run: a non-Atari repeat stops early at an episode's end (fewer steps than this), and
+    Atari resets play frames PPO's step count never sees (no-op starts, FIRE, a lost life's no-op)."""
     env_id = resolve_env_id(cfg.env.env_id)
     if resolve_observation(cfg) == "state":
         return 1.0

@@ -7,6 +7,7 @@ stage fills, and the loaders in `models/loaders.py` rebuild V, M and C from it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from pathlib import Path
@@ -39,6 +40,13 @@ def experiment_dir(cfg: Config, kind: str) -> Path:
         "results": cfg.experiment.results_dir,
     }
     return Path(roots[kind]) / cfg.experiment_name
+
+
+def of_experiment(cfg: Config, name: str) -> Config:
+    """A copy of `cfg` whose folders are experiment `name`'s (another run's checkpoints and logs to read)."""
+    other = copy.deepcopy(cfg)
+    other.experiment.name = name
+    return other
 
 
 def checkpoint_path(cfg: Config, stage: str) -> Path:
