@@ -66,10 +66,11 @@ class ActorCritic(nn.Module):
 
     observation_shape: `(C, H, W)` for pixels (stacked grayscale frames, uint8) or `(D,)` for state
     vectors. `action_dim`: the number of choices (discrete) or the Box's dimension (continuous).
+    `channels_last`: pixels only, run the convolutions in NHWC layout (same values, faster on a CPU).
     """
 
     def __init__(self, observation_shape: tuple[int, ...], action_dim: int, continuous: bool,
-                 normalize_observation: bool = False):
+                 normalize_observation: bool = False, channels_last: bool = True):
         super().__init__()
         self.observation_shape = tuple(observation_shape)
         self.action_dim, self.continuous = action_dim, continuous
@@ -89,6 +90,10 @@ class ActorCritic(nn.Module):
             with torch.no_grad():
                 flat = conv(torch.zeros(1, *self.observation_shape)).shape[1]
             self.trunk = nn.Sequential(conv, layer_init(nn.Linear(flat, 512)), nn.ReLU())
+            # NHWC convolutions: the update's forward + backward take about a third less time on a CPU
+            # (benchmarks/ppo_pixels.py); the values are the same.
+            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            self.trunk.to(memory_format=self.memory_format)
             self.actor_body, self.critic_body = nn.Identity(), nn.Identity()
             features = 512
         else:
@@ -121,7 +126,7 @@ class ActorCritic(nn.Module):
     def _features(self, observation: torch.Tensor) -> torch.Tensor:
         if self.pixels:
             # Without the 1/255 the first update's KL explodes (Huang et al. 2022, Atari detail 9).
-            return self.trunk(observation.to(torch.float32) / 255.0)
+            return self.trunk((observation.to(torch.float32) / 255.0).contiguous(memory_format=self.memory_format))
         return observation
 
     def get_value(self, observation: torch.Tensor) -> torch.Tensor:

@@ -117,6 +117,24 @@ def test_clipped_value_loss_stops_the_gradient_once_the_value_moved_past_the_cli
 
 
 # ----------------------------------------------------------------------------- episode boundaries
+def test_channels_last_trunk_computes_what_the_nchw_trunk_computes():
+    """The NHWC layout is a speed choice only: the same weights (loaded across layouts) give the same outputs
+    and gradients."""
+    torch.manual_seed(0)
+    nhwc, nchw = ActorCritic((4, 84, 84), 6, False), ActorCritic((4, 84, 84), 6, False, channels_last=False)
+    nchw.load_state_dict(nhwc.state_dict())
+    assert nhwc.trunk[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.trunk[0][0].weight.is_contiguous()
+    frames = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.arange(5)
+    outputs = [net.get_action_and_value(frames, actions) for net in (nhwc, nchw)]
+    for ours, reference in zip(*outputs):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+    for net, (_, logprob, _, value) in zip((nhwc, nchw), outputs):
+        (logprob.sum() + value.sum()).backward()
+    torch.testing.assert_close(nhwc.trunk[0][0].weight.grad, nchw.trunk[0][0].weight.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_rollout_never_pairs_an_observation_with_the_next_episode(tmp_path):
     # One minibatch: get_config requires ppo.num_minibatches to divide the 3 x 23 batch (no update runs here).
     cfg = tiny_config(tmp_path, COUNTER_ENV, "ppo.num_envs=3", "ppo.num_steps=23", "ppo.num_minibatches=1")
