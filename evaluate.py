@@ -470,9 +470,9 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         ppo = np.array([r["return"] for r in rows if r["method"] == "ppo"])
         difference, low, high = difference_of_means(wm, ppo)
         extra["world_models_minus_ppo"] = {"difference": difference, "ci95_low": low, "ci95_high": high}
+        print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
     if "ppo" in methods:
         extra["ppo_experiment"] = ppo_run(cfg).experiment_name  # whose PPO played (--ppo-experiment)
-        print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
     # Files of a run on EnvPool sit beside, not over, the Gymnasium ones (evaluating a transfer needs both).
     name = f"{method}_envpool" if any(s.backend == "envpool" for s in summaries) else method
     write_results(folder, name, summaries, rows, extra)

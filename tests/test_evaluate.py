@@ -112,6 +112,7 @@ def test_compare_end_to_end_writes_table_plots_and_videos(trained_lunar, capsys)
     assert [row["length"] for row in evaluate(short, "ppo", episodes=2, workers=1)["rows"]] == [7, 7]
     data = json.loads((results / "eval_compare.json").read_text())
     assert data["world_models_minus_ppo"]["ci95_low"] <= data["world_models_minus_ppo"]["difference"]
+    assert data["ppo_experiment"] == "lunarlander-v3"  # no --ppo-experiment: this experiment's PPO played
 
 
 def test_ppo_series_counts_the_env_steps_of_its_action_repeat(tmp_path):
