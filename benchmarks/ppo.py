@@ -85,9 +85,10 @@ def ppo_sps(cfg: Config, envs, iterations: int) -> float:
     return iterations * cfg.ppo.num_envs * cfg.ppo.num_steps / (time.perf_counter() - start)
 
 
-def plot_learning_curve(log_dir: Path, out: Path, title: str = "") -> Path:
+def plot_learning_curve(log_dir: Path, out: Path, title: str = "", env_steps_per_step: float = 1.0) -> Path:
     """PNG of `charts/episodic_return` from a run's TensorBoard events: every episode, and the mean of
-    the last 100 (the usual 'solved' criterion)."""
+    the last 100 (the usual 'solved' criterion), against env steps: PPO's global step times
+    `env_steps_per_step` (`training.ppo_envs.env_steps_per_ppo_step`: 4 for pixels with action repeat 4)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +98,7 @@ def plot_learning_curve(log_dir: Path, out: Path, title: str = "") -> Path:
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()
     scalars = events.Scalars("charts/episodic_return")
-    steps = np.array([s.step for s in scalars])
+    steps = np.array([s.step for s in scalars]) * env_steps_per_step
     returns = np.array([s.value for s in scalars])
     moving = np.array([returns[max(0, i - 99):i + 1].mean() for i in range(len(returns))])
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -122,9 +123,11 @@ def main() -> None:
     parser.add_argument("--curve", type=Path, help="instead: plot the learning curve of this TensorBoard log dir")
     parser.add_argument("--out", type=Path, default=Path("docs/ppo_curve.png"), help="PNG path for --curve")
     parser.add_argument("--title", default="", help="plot title for --curve")
+    parser.add_argument("--env-steps-per-step", type=float, default=1.0,
+                        help="--curve: env steps per PPO step (its action repeat for pixels, e.g. 4)")
     args = parser.parse_args()
     if args.curve:
-        print(f"wrote {plot_learning_curve(args.curve, args.out, args.title)}")
+        print(f"wrote {plot_learning_curve(args.curve, args.out, args.title, args.env_steps_per_step)}")
         return
     seed_everything(0)
     rows, results = [], []
