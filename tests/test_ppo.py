@@ -116,7 +116,6 @@ def test_clipped_value_loss_stops_the_gradient_once_the_value_moved_past_the_cli
     assert value_gradient(0.5) == 0.0  # moved 0.5 > 0.2 towards the return: clipped, no gradient
 
 
-# ----------------------------------------------------------------------------- episode boundaries
 def test_channels_last_trunk_computes_what_the_nchw_trunk_computes():
     """The NHWC layout is a speed choice only: the same weights (loaded across layouts) give the same outputs
     and gradients."""
@@ -135,6 +134,7 @@ def test_channels_last_trunk_computes_what_the_nchw_trunk_computes():
     torch.testing.assert_close(nhwc.trunk[0][0].weight.grad, nchw.trunk[0][0].weight.grad, atol=1e-5, rtol=1e-4)
 
 
+# ----------------------------------------------------------------------------- episode boundaries
 def test_rollout_never_pairs_an_observation_with_the_next_episode(tmp_path):
     # One minibatch: get_config requires ppo.num_minibatches to divide the 3 x 23 batch (no update runs here).
     cfg = tiny_config(tmp_path, COUNTER_ENV, "ppo.num_envs=3", "ppo.num_steps=23", "ppo.num_minibatches=1")

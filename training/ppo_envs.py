@@ -192,12 +192,11 @@ def env_steps_per_ppo_step(cfg: Config) -> float:
     non-Atari pixel env (its action repeat), `ppo.frame_skip` frames over ALE v5's 4 on Atari, 1 for state.
     Not exact over a run: a non-Atari repeat stops early at an episode's end (fewer steps than this), and
     Atari resets play frames PPO's step count never sees (no-op starts, FIRE, a lost life's no-op)."""
-    env_id = resolve_env_id(cfg.env.env_id)
     if resolve_observation(cfg) == "state":
         return 1.0
-    if is_atari(env_id):
+    if is_atari(resolve_env_id(cfg.env.env_id)):
         return cfg.ppo.frame_skip / ALE_V5_FRAMESKIP
-    return float(max(cfg.ppo.frame_skip, 1))
+    return float(cfg.ppo.frame_skip)
 
 
 def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Optional[str] = None,
