@@ -141,7 +141,17 @@ def _init_worker(method: str, cfg: Config, device: str) -> None:
 
 def _play(seed: int) -> tuple[int, float, int]:
     episode = run_episode(_worker["env"], _worker["agent"], int(seed), record=False)
-    return int(seed), episode.total_reward, episode.length
+    return int(seed), episode.total_reward, _env_steps(_worker["env"], episode.length)
+
+
+def _env_steps(env: Any, agent_steps: int) -> int:
+    """The length of the episode `env` just ended in the env's own steps. PPO's pixel envs repeat each
+    action (`ppo.frame_skip`), and their `RecordEpisodeStatistics` sits below the repeat and counts the
+    env's steps; the other methods' envs take one env step per action (`agent_steps`)."""
+    try:
+        return int(env.get_wrapper_attr("length_queue")[-1])
+    except AttributeError:
+        return agent_steps
 
 
 def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = False) -> np.ndarray:

@@ -132,6 +132,32 @@ def test_ppo_series_counts_the_env_steps_of_its_action_repeat(tmp_path):
     assert returns_by_env_steps(state)["ppo: training episodes"][0].tolist() == [128, 256]
 
 
+def test_ppo_episode_lengths_count_the_env_steps_under_the_action_repeat(tmp_path):
+    """The `length` column is in the env's own steps for every method: a PPO agent from LunarLander's
+    pixels takes one action per 4 env steps, and an episode capped at 10 env steps is 10 long, not 3."""
+    from evaluate import _env_steps
+    from training.ppo_envs import make_ppo_eval_env
+    from utils.environment import run_episode
+
+    calls: list[int] = []
+
+    class DoNothing:
+        def reset(self, seed):
+            calls.clear()  # run_episode resets the agent after the env, whose reset takes a step itself
+
+        def act(self, observation):
+            return 0
+
+    cfg = isolate(get_config("LunarLander-v3", overrides=["ppo.observation=pixels", "ppo.frame_skip=4"]), tmp_path)
+    env = make_ppo_eval_env(cfg, max_episode_steps=10)
+    base = env.unwrapped
+    base_step = base.step
+    base.step = lambda action: calls.append(1) or base_step(action)
+    episode = run_episode(env, DoNothing(), seed=3, record=False)
+    assert episode.length == 3 and len(calls) == 10 and _env_steps(env, episode.length) == 10
+    env.close()
+
+
 def test_ppo_of_another_experiment_is_read_from_that_experiment(tmp_path):
     """experiment.ppo_experiment: PPO's checkpoint and training curve come from that run, not this one."""
     from torch.utils.tensorboard import SummaryWriter

@@ -162,6 +162,9 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None,
         renders = not is_image_env(env_id)
         env = make_env(env_id, render_mode="rgb_array" if renders else render_mode, max_episode_steps=max_episode_steps,
                        **kwargs)
+        # Below the action repeat, so an episode's logged length counts the env's own steps, as World
+        # Models and random play them (the repeat passes its last step's info, which carries it, up).
+        env = RecordEpisodeStatistics(env)
         if ppo.frame_skip > 1:
             env = RepeatAction(env, ppo.frame_skip)
         if renders:
@@ -171,7 +174,6 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None,
         env = ResizeObservation(env, (ppo.frame_size, ppo.frame_size))
         if ppo.grayscale:
             env = GrayscaleObservation(env)
-        env = RecordEpisodeStatistics(env)
     if not ppo.grayscale:
         height, width, channels = env.observation_space.shape
         env = TransformObservation(env, lambda frame: np.moveaxis(frame, -1, 0),
