@@ -54,6 +54,24 @@ def test_doom_curves_are_drawn_against_dream_episodes_beside_the_originals_dream
     assert original[0] == "354.6" and original[-3] == "768.7" and out.stat().st_size > 10_000
 
 
+def test_any_env_is_drawn_against_real_env_steps_with_no_original(tmp_path, capsys):
+    curve = LearningCurve()
+    # 300k real env steps a generation (as Pong's 64 episodes); the mean is re-evaluated at generation 2.
+    for generation in range(1, 5):
+        evaluation = (-15.0, -16.0) if generation == 2 else None
+        curve.add(generation, 64, 300_000, 0, 60.0,
+                  np.array([-21.0 + generation, -19.0 + generation]), 0.5, evaluation, 0.0, True)
+    path = curve.write_csv(tmp_path / "wm-pong" / "controller_curve.csv")
+    out = tmp_path / "pong.png"
+    plot_curve.main([str(path), "--task", "any", "--out", str(out)])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "original" not in lines and "steps:" in lines["run"]
+    # 250k: before the first generation; 500k: generation 1 (-19.0), not yet re-evaluated; 1M: generation 3
+    # (900k steps, -17.0) with generation 2's re-evaluation; 2M and more: never reached.
+    assert lines["wm-pong"].split()[1:10] == ["-", "/", "-", "-19.0", "/", "-", "-17.0", "/", "-15.0"]
+    assert lines["wm-pong"].split()[10:] == ["-", "/", "-"] * 3 and out.stat().st_size > 10_000
+
+
 def test_missing_curve_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot_curve.main([str(tmp_path / "nope.csv")])

@@ -4,6 +4,7 @@
     python tools/plot_curve.py a/controller_curve.csv b/controller_curve.csv --labels "16x1" "16x4"
     python tools/plot_curve.py pretrained/doomtakecover-v0/tau1.15/controller_curve.csv --task doom \
         --out docs/doom_curve.png
+    python tools/plot_curve.py checkpoints/wm-pong/controller_curve.csv --task any --out docs/wm_pong_curve.png
 
 Reads stage 4's `controller_curve.csv` (training/learning_curve.py) and the original run's published
 logs (`docs/reference/*_paper_*.csv`, from hardmaru/WorldModelsExperiments).
@@ -16,6 +17,9 @@ logs (`docs/reference/*_paper_*.csv`, from hardmaru/WorldModelsExperiments).
   generation, as our preset does), the population's mean dream fitness of each run (the original's code
   dreamt at tau 1.25), and our CMA-ES mean's real score (the real env only watches it), at the
   milestones of generations 10 / 25 / 50 / 100 / 200.
+* `--task any` (any env, no original to compare with): against real env steps used by stage 4 (its
+  CMA-ES and re-evaluation episodes; collection is not in the curve), the population's mean fitness and
+  the CMA-ES mean's re-evaluation, at the milestones 250k / 500k / 1M / 2M / 5M / 10M env steps.
 
 A table value is the last one at or before the milestone; "-" where a run had not got there.
 """
@@ -34,6 +38,7 @@ from training.learning_curve import read_curve_csv  # noqa: E402
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "reference"
 MILESTONES = (1_024, 2_048, 5_000, 10_000, 25_600, 51_200)  # the original: generations 1, 2, ~5, ~10, 25, 50
 DOOM_MILESTONES = (10_240, 25_600, 51_200, 102_400, 204_800)  # 1,024 dream episodes a generation: 10 .. 200
+ENV_STEP_MILESTONES = (250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 
 
 def series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -55,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", nargs="+", type=Path, help="controller_curve.csv files")
     parser.add_argument("--labels", nargs="+", default=None, help="one label per curve (default: its folder)")
-    parser.add_argument("--task", choices=("carracing", "doom"), default="carracing",
-                        help="which of the paper's experiments the curves are compared with")
+    parser.add_argument("--task", choices=("carracing", "doom", "any"), default="carracing",
+                        help="which of the paper's experiments the curves are compared with (any: none)")
     parser.add_argument("--reference", type=Path, default=REFERENCE_DIR, help="folder of the *_paper_*.csv logs")
     parser.add_argument("--out", type=Path, default=None, help="default: docs/<task>_curve.png")
     args = parser.parse_args(argv)
@@ -70,11 +75,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
         raise SystemExit(2)
 
-    doom = args.task == "doom"
-    if doom:
+    doom, original = args.task == "doom", args.task != "any"
+    paper_population: tuple[list[float], list[float]] = ([], [])
+    paper_mean_eval: tuple[list[float], list[float]] = ([], [])  # Doom's original logged no real score per generation
+    if not original:
+        x, milestones = "real_env_steps", ENV_STEP_MILESTONES
+    elif doom:
         x, milestones, paper_population = "dream_episodes", DOOM_MILESTONES, series(
             read_curve_csv(args.reference / "doom_paper_dream_cmaes.csv"), "dream_episodes", "dream_population_mean")
-        paper_mean_eval: tuple[list[float], list[float]] = ([], [])  # the original logged no real score per generation
     else:
         x, milestones = "real_episodes", MILESTONES
         paper_population = series(read_curve_csv(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
@@ -88,11 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    axis.plot(*paper_population, color="grey", linewidth=1,
-              label="original: population mean" + (" (dream, tau 1.25)" if doom else ""))
+    table = []
+    if original:
+        axis.plot(*paper_population, color="grey", linewidth=1,
+                  label="original: population mean" + (" (dream, tau 1.25)" if doom else ""))
+        table.append(("original", paper_population, paper_mean_eval))
     if paper_mean_eval[0]:
         axis.plot(*paper_mean_eval, "o-", color="black", markersize=3, label="original: CMA-ES mean, 1,024 episodes")
-    table = [("original", paper_population, paper_mean_eval)]
     for label, rows in runs.items():
         population = series(rows, x, "fitness_mean")
         mean_eval = series(rows, x, "eval_mean_params")
@@ -100,11 +110,15 @@ def main(argv: list[str] | None = None) -> None:
         axis.plot(*mean_eval, "o-", color=line.get_color(), markersize=3,
                   label=f"{label}: CMA-ES mean, " + ("real game" if doom else "re-evaluated"))
         table.append((label, population, mean_eval))
-    axis.set_xscale("log")
-    axis.set_xlabel("dream episodes played in training" if doom else "real episodes used in training")
-    axis.set_ylabel("DoomTakeCover: frames survived" if doom else "CarRacing-v3 return")
-    axis.axhline(750 if doom else 900, color="green", linestyle=":", linewidth=1,
-                 label="solved (750, real)" if doom else "solved (900)")
+    if original:
+        axis.set_xscale("log")
+        axis.set_xlabel("dream episodes played in training" if doom else "real episodes used in training")
+        axis.set_ylabel("DoomTakeCover: frames survived" if doom else "CarRacing-v3 return")
+        axis.axhline(750 if doom else 900, color="green", linestyle=":", linewidth=1,
+                     label="solved (750, real)" if doom else "solved (900)")
+    else:
+        axis.set_xlabel("real env steps used by the controller stage")
+        axis.set_ylabel("return (real env)")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
@@ -114,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     def cell(value: float) -> str:
         return f"{value:.1f}" if math.isfinite(value) else "-"
 
-    print(f"{'run':24s} " + " ".join(f"{f'{m:,} ep: pop / mean':>26s}" for m in milestones))
+    unit = "ep" if original else "steps"
+    print(f"{'run':24s} " + " ".join(f"{f'{m:,} {unit}: pop / mean':>26s}" for m in milestones))
     for label, population, mean_eval in table:
         print(f"{label:24s} " + " ".join(
             f"{cell(value_at(*population, m)) + ' / ' + cell(value_at(*mean_eval, m, population[0][-1])):>26s}"
