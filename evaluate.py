@@ -35,7 +35,7 @@ from models.ppo_agent import PPOAgent
 from training.dream import dream_candidates, dream_generator, dream_video, load_dream_starts
 from training.learning_curve import read_curve_csv
 from training.population import run_episodes
-from training.ppo_envs import env_steps_per_ppo_step, make_ppo_eval_env
+from training.ppo_envs import env_steps_per_ppo_step, episode_env_steps, make_ppo_eval_env
 from training.train_utils import add_common_args, config_from_args, run_cli
 from utils.environment import RandomAgent, env_action_space, make_frame_env, run_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolSlots, play_episodes, resolve_backend
@@ -140,18 +140,11 @@ def _init_worker(method: str, cfg: Config, device: str) -> None:
 
 
 def _play(seed: int) -> tuple[int, float, int]:
-    episode = run_episode(_worker["env"], _worker["agent"], int(seed), record=False)
-    return int(seed), episode.total_reward, _env_steps(_worker["env"], episode.length)
-
-
-def _env_steps(env: Any, agent_steps: int) -> int:
-    """The length of the episode `env` just ended in the env's own steps. PPO's pixel envs repeat each
-    action (`ppo.frame_skip`), and their `RecordEpisodeStatistics` sits below the repeat and counts the
-    env's steps; the other methods' envs take one env step per action (`agent_steps`)."""
-    try:
-        return int(env.get_wrapper_attr("length_queue")[-1])
-    except AttributeError:
-        return agent_steps
+    env, agent = _worker["env"], _worker["agent"]
+    episode = run_episode(env, agent, int(seed), record=False)
+    # PPO's env may repeat each action (`ppo.frame_skip`): its length is counted in the env's own steps.
+    length = episode_env_steps(env, agent.config) if isinstance(agent, PPOAgent) else episode.length
+    return int(seed), episode.total_reward, length
 
 
 def record_episode(agent: Any, env: Any, seed: int, world_model_views: bool = False) -> np.ndarray:

@@ -32,10 +32,10 @@ from training.ppo_envs import make_ppo_env  # noqa: E402
 
 def grayscale_first(cfg: Config) -> gym.Env:
     """`make_ppo_env`'s chain for a rendered env (grayscale, frame stack), with grayscale on the full render."""
-    env = gym.make(cfg.env.env_id, render_mode="rgb_array")
+    env = RecordEpisodeStatistics(gym.make(cfg.env.env_id, render_mode="rgb_array"))
     env = AddRenderObservation(RepeatAction(env, cfg.ppo.frame_skip), render_only=True)
     env = ResizeObservation(GrayscaleObservation(env), (cfg.ppo.frame_size, cfg.ppo.frame_size))
-    return FrameStackObservation(RecordEpisodeStatistics(env), cfg.ppo.frame_stack)
+    return FrameStackObservation(env, cfg.ppo.frame_stack)
 
 
 def ms_per_step(env: gym.Env, steps: int) -> float:

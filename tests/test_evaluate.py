@@ -132,29 +132,34 @@ def test_ppo_series_counts_the_env_steps_of_its_action_repeat(tmp_path):
     assert returns_by_env_steps(state)["ppo: training episodes"][0].tolist() == [128, 256]
 
 
-def test_ppo_episode_lengths_count_the_env_steps_under_the_action_repeat(tmp_path):
-    """The `length` column is in the env's own steps for every method: a PPO agent from LunarLander's
-    pixels takes one action per 4 env steps, and an episode capped at 10 env steps is 10 long, not 3."""
-    from evaluate import _env_steps
+@pytest.mark.parametrize("env_id, overrides, expected", [
+    # LunarLander from pixels, each action held 4 Box2D steps: an episode capped at 10 env steps is 10
+    # long, not 3 (PPO steps).
+    ("LunarLander-v3", ["ppo.observation=pixels", "ppo.frame_skip=4"], 10),
+    # Pong (PPO skips 4 frames itself, as ALE v5's step): the cap of 10 v5 steps sits above the count, and
+    # the 2 FIRE presses that serve after a reset are the PPO env's own steps.
+    ("ALE/Pong-v5", [], 12),
+    # The same with 2 frames a PPO step: 20 PPO steps to the cap, and the count is in ALE v5's 4-frame steps.
+    ("ALE/Pong-v5", ["ppo.frame_skip=2"], 11),
+])
+def test_ppo_episode_lengths_count_the_env_steps_every_method_plays(tmp_path, env_id, overrides, expected):
+    """The `length` column is in the env's own steps for every method, and each episode's is its own."""
+    from evaluate import episode_env_steps
     from training.ppo_envs import make_ppo_eval_env
     from utils.environment import run_episode
 
-    calls: list[int] = []
-
     class DoNothing:
         def reset(self, seed):
-            calls.clear()  # run_episode resets the agent after the env, whose reset takes a step itself
+            pass
 
         def act(self, observation):
             return 0
 
-    cfg = isolate(get_config("LunarLander-v3", overrides=["ppo.observation=pixels", "ppo.frame_skip=4"]), tmp_path)
+    cfg = isolate(get_config(env_id, overrides=overrides), tmp_path)
     env = make_ppo_eval_env(cfg, max_episode_steps=10)
-    base = env.unwrapped
-    base_step = base.step
-    base.step = lambda action: calls.append(1) or base_step(action)
-    episode = run_episode(env, DoNothing(), seed=3, record=False)
-    assert episode.length == 3 and len(calls) == 10 and _env_steps(env, episode.length) == 10
+    for seed in (3, 4):  # the second episode's length is not the first's
+        run_episode(env, DoNothing(), seed=seed, record=False)
+        assert episode_env_steps(env, cfg) == expected
     env.close()
 
 

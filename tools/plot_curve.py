@@ -63,14 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", choices=("carracing", "doom", "any"), default="carracing",
                         help="which of the paper's experiments the curves are compared with (any: none)")
     parser.add_argument("--reference", type=Path, default=REFERENCE_DIR, help="folder of the *_paper_*.csv logs")
-    parser.add_argument("--out", type=Path, default=None, help="default: docs/<task>_curve.png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: docs/<task>_curve.png (--task any: docs/<the first curve's folder>_curve.png)")
     args = parser.parse_args(argv)
-    args.out = args.out or Path(f"docs/{args.task}_curve.png")
+    args.out = args.out or Path(f"docs/{args.task if args.task != 'any' else args.curves[0].parent.name}_curve.png")
     labels = args.labels or [path.parent.name for path in args.curves]
     if len(labels) != len(args.curves):
         print(f"error: {len(labels)} labels for {len(args.curves)} curves", file=sys.stderr)
         raise SystemExit(2)
-    missing = [str(path) for path in [*args.curves, args.reference] if not path.exists()]
+    needed = [*args.curves, args.reference] if args.task != "any" else args.curves  # `any` has no original
+    missing = [str(path) for path in needed if not path.exists()]
     if missing:
         print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
         raise SystemExit(2)

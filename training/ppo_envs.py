@@ -162,8 +162,8 @@ def make_ppo_env(cfg: Config, training: bool, render_mode: Optional[str] = None,
         renders = not is_image_env(env_id)
         env = make_env(env_id, render_mode="rgb_array" if renders else render_mode, max_episode_steps=max_episode_steps,
                        **kwargs)
-        # Below the action repeat, so an episode's logged length counts the env's own steps, as World
-        # Models and random play them (the repeat passes its last step's info, which carries it, up).
+        # Below the action repeat, so an episode's length counts the env's own steps, as World Models
+        # and random play them (the repeat passes its last step's info, which carries it, up).
         env = RecordEpisodeStatistics(env)
         if ppo.frame_skip > 1:
             env = RepeatAction(env, ppo.frame_skip)
@@ -199,6 +199,19 @@ def env_steps_per_ppo_step(cfg: Config) -> float:
     if is_atari(resolve_env_id(cfg.env.env_id)):
         return cfg.ppo.frame_skip / ALE_V5_FRAMESKIP
     return float(cfg.ppo.frame_skip)
+
+
+def episode_env_steps(env: gym.Env, cfg: Config) -> int:
+    """How many steps of the env as World Models and random play it the episode `env` (made by
+    `make_ppo_eval_env`) last played took, for the `length` every method reports. Read from
+    `RecordEpisodeStatistics`' running count, which a reset zeroes and an outer time limit does not
+    hide: on a non-Atari pixel env it sits below the action repeat and counts the env's own steps; on
+    Atari it counts PPO steps of `ppo.frame_skip` frames (the FIRE presses that serve included), which
+    are converted into ALE v5's 4-frame steps."""
+    counted = int(env.get_wrapper_attr("episode_lengths"))
+    if is_atari(resolve_env_id(cfg.env.env_id)):
+        return round(counted * cfg.ppo.frame_skip / ALE_V5_FRAMESKIP)
+    return counted
 
 
 def make_ppo_eval_env(cfg: Config, seed: Optional[int] = None, render_mode: Optional[str] = None,
