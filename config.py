@@ -69,6 +69,10 @@ class EnvConfig:
     # Who steps the env: gymnasium (the reference) | envpool (C++ ports, several times faster for Box2D) |
     # auto (envpool where it is installed and ports the env, else gymnasium). utils/envpool_envs.py.
     backend: str = "auto"
+    # Atari games that stand still until the player serves (Breakout): an episode's first action and the
+    # first after a lost life are FIRE, whatever the agent chose, on both backends, as PPO's env serves
+    # (FireReset, FireOnLifeLoss). The action played is what episodes record.
+    fire_to_serve: bool = False
 
 
 @dataclass
@@ -255,6 +259,7 @@ ENVIRONMENT_PRESETS: dict[str, dict[str, Any]] = {
         "ppo.total_timesteps": 10_000_000,
     },
     "ALE/Breakout-v5": {
+        "env.fire_to_serve": True,
         "env.crop_top": 32,
         "env.crop_bottom": 14,
         "env.max_episode_steps": 2000,  # whole games need 27,000 (ALE v5's 108,000 frames): evaluate with that
@@ -672,6 +677,9 @@ def validate_config(cfg: Config) -> Config:
         raise WorldModelsError("collect.policy=controller needs collect.controller_experiment=<an experiment with a "
                                "trained controller>")
     parse_env_kwargs(cfg.env.env_kwargs)
+    if cfg.env.fire_to_serve and not cfg.env.env_id.startswith("ALE/"):
+        raise WorldModelsError(f"env.fire_to_serve=true presses an Atari game's FIRE to serve; {cfg.env.env_id} is not "
+                               "an ALE/ game: use env.fire_to_serve=false")
     if cfg.controller.action_mapping == "carracing_paper" and cfg.env.env_id != "CarRacing-v3":
         raise WorldModelsError(f"controller.action_mapping=carracing_paper maps CarRacing-v3's steer, gas and brake; "
                                f"{cfg.env.env_id} needs controller.action_mapping=squash")

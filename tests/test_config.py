@@ -149,7 +149,7 @@ def test_unknown_section_lists_the_sections():
 
 # Fields whose every value of their type is meaningful: names, folders, free text, switches.
 UNBOUNDED_FIELDS = {
-    "env.env_id", "env.env_kwargs", "collect.compress", "collect.controller_experiment", "collect.extra_rollouts",
+    "env.env_id", "env.env_kwargs", "env.fire_to_serve", "collect.compress", "collect.controller_experiment", "collect.extra_rollouts",
     "vae.batch_norm", "vae.channels_last", "vae.amp", "mdnrnn.train", "mdnrnn.amp", "mdnrnn.init_from", "controller.sample_actions",
     "controller.sample_z",
     "ppo.anneal_lr", "ppo.clip_vloss", "ppo.normalize_observation", "ppo.normalize_reward", "ppo.grayscale",

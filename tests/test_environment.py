@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from config import SUPPORTED_ENVS, EnvConfig
+from config import SUPPORTED_ENVS, EnvConfig, get_config
 from utils.actions import action_to_vector, vector_to_action
 from utils.environment import RandomAgent, make_frame_env, preprocess_frame, resolve_env_id, run_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS
@@ -81,3 +81,32 @@ def test_action_vectors_round_trip():
     assert action_to_vector(2, discrete).tolist() == [0, 0, 1, 0] and vector_to_action(action_to_vector(2, discrete), discrete) == 2
     box = gym.spaces.Box(-1, 1, (3,), np.float32)
     assert np.array_equal(vector_to_action(action_to_vector(np.array([0.5, -1, 0]), box), box), [0.5, -1, 0])
+
+
+class AlwaysNoop:
+    def reset(self, seed=None):
+        pass
+
+    def act(self, observation):
+        return 0  # NOOP: never serves by itself
+
+
+@pytest.mark.parametrize("serves", [True, False])
+def test_fire_to_serve_presses_fire_at_the_start_and_after_each_lost_life(serves):
+    """Breakout stands still until the player serves. With `env.fire_to_serve` a NOOP agent loses its 5
+    lives: FIRE is played 5 times (the start, then after each of the first 4 losses) and recorded as played.
+    Without it the ball is never served: no life lost until the step cap."""
+    cfg = EnvConfig(env_id="ALE/Breakout-v5", max_episode_steps=3000, fire_to_serve=serves, crop_top=32, crop_bottom=14)
+    env = make_frame_env(cfg)
+    episode = run_episode(env, AlwaysNoop(), seed=0)
+    env.close()
+    fires = int(episode.actions[:, 1].sum())  # Breakout's actions: NOOP, FIRE, RIGHT, LEFT
+    if serves:
+        assert episode.terminated[-1] and episode.length < 3000 and fires == 5 and episode.actions[0, 1] == 1
+    else:
+        assert not episode.terminated[-1] and episode.length == 3000 and fires == 0
+
+
+def test_fire_to_serve_outside_atari_is_refused():
+    with pytest.raises(WorldModelsError, match="env.fire_to_serve=true .* LunarLander-v3 is not an ALE/ game"):
+        get_config("LunarLander-v3", overrides=["env.fire_to_serve=true"])

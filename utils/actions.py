@@ -5,6 +5,7 @@ Discrete actions are one-hot vectors of width n; continuous (1-D Box) actions ar
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
@@ -44,3 +45,21 @@ def vectors_to_actions(vectors: np.ndarray, space: gym.Space) -> list[Any]:
 def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
     """Inverse of `action_to_vector`: one (A,) vector -> one env action."""
     return vectors_to_actions(np.asarray(vector)[None], space)[0]
+
+
+@lru_cache(maxsize=None)
+def fire_action(env_id: str) -> int:
+    """The index of FIRE in an ALE game's action set (Breakout: 1), the serve of `env.fire_to_serve`.
+    EnvPool's Atari ports use the same minimal action sets as ALE's, so both backends press this index."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make(env_id)
+    try:
+        meanings = env.unwrapped.get_action_meanings()
+    finally:
+        env.close()
+    if "FIRE" not in meanings:
+        raise WorldModelsError(f"env.fire_to_serve=true: {env_id} has no FIRE action ({', '.join(meanings)}); "
+                               "use env.fire_to_serve=false")
+    return meanings.index("FIRE")

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
-from utils.actions import action_size, action_to_vector
+from utils.actions import action_size, action_to_vector, fire_action
 from utils.data import Episode, episode_index, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
@@ -111,12 +111,36 @@ class FrameObservation(gym.ObservationWrapper):
         return preprocess_frame(image, self.env_cfg.frame_size, self.env_cfg.crop_top, self.env_cfg.crop_bottom)
 
 
+class ServeWithFire(gym.Wrapper):
+    """`env.fire_to_serve` on Gymnasium: an episode's first action and the first after a lost life are
+    `fire` (FIRE's index), whatever the agent chose. The action played is in `info["played_action"]`,
+    so a recorded episode holds what the game saw. `EnvPoolBatch` applies the same rule on EnvPool."""
+
+    def __init__(self, env: gym.Env, fire: int):
+        super().__init__(env)
+        self.fire = fire
+        self.serve, self.lives = True, 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        observation, info = self.env.reset(**kwargs)
+        self.serve, self.lives = True, int(info["lives"])
+        return observation, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        played = self.fire if self.serve else action
+        observation, reward, terminated, truncated, info = self.env.step(played)
+        self.serve, self.lives = int(info["lives"]) < self.lives, int(info["lives"])
+        return observation, reward, terminated, truncated, {**info, "played_action": played}
+
+
 def make_frame_env(env_cfg: EnvConfig) -> gym.Env:
     """The env World Models sees: observations are (S, S, 3) uint8 frames, episodes capped at
     `env_cfg.max_episode_steps`."""
     # rgb_array costs nothing until render() is called, and lets state-vector envs be rendered.
     kwargs = parse_env_kwargs(env_cfg.env_kwargs)
     env = make_env(env_cfg.env_id, render_mode="rgb_array", max_episode_steps=env_cfg.max_episode_steps, **kwargs)
+    if env_cfg.fire_to_serve:
+        env = ServeWithFire(env, fire_action(resolve_env_id(env_cfg.env_id)))
     return FrameObservation(env, env_cfg)
 
 
@@ -207,8 +231,9 @@ def run_episode(env: gym.Env, agent: Agent, seed: int, max_steps: Optional[int] 
         action = agent.act(observation)
         if record:
             frames.append(observation)
-            actions.append(action_to_vector(action, env.action_space))
-        observation, reward, terminated, truncated, _ = env.step(action)
+        observation, reward, terminated, truncated, info = env.step(action)
+        if record:  # the action the game played: `env.fire_to_serve` may have pressed FIRE instead
+            actions.append(action_to_vector(info.get("played_action", action), env.action_space))
         rewards.append(reward)
         terminals.append(terminated)
         steps += 1

@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 
 from config import EnvConfig
-from utils.actions import action_size, action_to_vector
+from utils.actions import action_size, action_to_vector, fire_action
 from utils.data import Episode
 from utils.errors import WorldModelsError
 from utils.frames import preprocess_frames
@@ -193,6 +193,10 @@ class EnvPoolBatch:
             self.pool = OneEnvPools(make_pool, seeds) if self.task.one_env_pools else make_pool(seeds)
             self.action_space = gymnasium_space(self.pool.action_space)
         self.ended = np.zeros(self.num_envs, bool)
+        # `env.fire_to_serve`: envs whose next action is FIRE (an episode's first, the first after a lost life).
+        self.fire = fire_action(env_cfg.env_id) if env_cfg.fire_to_serve else None
+        self.serve = np.zeros(self.num_envs, bool)
+        self.lives = np.zeros(self.num_envs, np.int64)
         # Rendering (LunarLander, Atari) and resizing run in the caller's thread, one frame after another,
         # and both release the GIL: threads over the cores make them 1.8x faster on 2 cores (LunarLander,
         # 32 envs: 1,007 -> 1,812 frames/s). Made per batch and shut down with it, so no thread outlives a
@@ -221,15 +225,28 @@ class EnvPoolBatch:
     def reset(self) -> np.ndarray:
         observation, info = self.pool.reset()
         self.ended[:] = False
-        return self._frames(observation, np.asarray(info["env_id"]))
+        env_ids = np.asarray(info["env_id"])
+        if self.fire is not None:
+            self.serve[env_ids], self.lives[env_ids] = True, info["lives"]
+        return self._frames(observation, env_ids)
+
+    def served(self, env_ids: Sequence[int], actions: Sequence[Any]) -> list[Any]:
+        """The actions `env_ids` will play on their next step: `actions`, with FIRE for an env that serves
+        (`env.fire_to_serve`). `step` plays these; recorders call it to store what the game saw."""
+        if self.fire is None:
+            return list(actions)
+        return [self.fire if self.serve[env] else action for env, action in zip(env_ids, actions)]
 
     def step(self, env_ids: Sequence[int], actions: Sequence[Any]) -> tuple[np.ndarray, ...]:
         env_ids = np.asarray(env_ids, dtype=np.int32)
         if self.ended[env_ids].any():
             raise WorldModelsError(f"envs {env_ids[self.ended[env_ids]].tolist()} already ended their episode; "
                                    "a next step would start a new one")
-        observation, rewards, terminated, truncated, _ = self.pool.step(_action_batch(actions, self.action_space),
-                                                                        env_id=env_ids)
+        observation, rewards, terminated, truncated, info = self.pool.step(
+            _action_batch(self.served(env_ids, actions), self.action_space), env_id=env_ids)
+        if self.fire is not None:
+            lives = np.asarray(info["lives"])
+            self.serve[env_ids], self.lives[env_ids] = lives < self.lives[env_ids], lives
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         self.ended[env_ids] = terminated | truncated
         rewards = np.asarray(rewards, np.float64)
@@ -308,7 +325,7 @@ def play_episodes(env_cfg: EnvConfig, agents: Sequence[Any] | EpisodeBatchAgent,
         terminals: list[list[bool]] = [[] for _ in range(count)]
         running = np.arange(count)
         while len(running):
-            actions = batch_agent.act(running, frames[running])
+            actions = envs.served(running, batch_agent.act(running, frames[running]))  # as the game plays them
             if record:
                 for i, action in zip(running, actions):
                     observed[i].append(frames[i].copy())  # `frames` is overwritten in place next step
