@@ -69,9 +69,10 @@ class EnvConfig:
     # Who steps the env: gymnasium (the reference) | envpool (C++ ports, several times faster for Box2D) |
     # auto (envpool where it is installed and ports the env, else gymnasium). utils/envpool_envs.py.
     backend: str = "auto"
-    # Atari games that stand still until the player serves (Breakout): an episode's first action and the
-    # first after a lost life are FIRE, whatever the agent chose, on both backends, as PPO's env serves
-    # (FireReset, FireOnLifeLoss). The action played is what episodes record.
+    # Atari games that stand still until the player serves (Breakout): an episode's first 2 actions and the
+    # first 2 after a lost life are FIRE, whatever the agent chose, on both backends (utils.envpool_envs.
+    # SERVE_STEPS); PPO's env serves too, with extra steps of its own (FireReset, FireOnLifeLoss). The
+    # action played is what episodes record.
     fire_to_serve: bool = False
 
 

@@ -36,7 +36,8 @@ def test_collects_exactly_n_episodes_that_replay_from_their_seeds(smoke_config):
     for index, path in enumerate(paths):
         stored = load_episode(path)
         meta = load_episode_metadata(path)
-        assert meta == {"seed": collect_episode_seed(cfg, index), "env_id": "LunarLander-v3", "policy": cfg.collect.policy}
+        assert meta == {"seed": collect_episode_seed(cfg, index), "env_id": "LunarLander-v3", "policy": cfg.collect.policy,
+                        "fire_to_serve": False}
         replay = run_episode(env, agent, meta["seed"], cfg.env.max_episode_steps)
         assert len(stored["obs"]) == replay.length <= 60
         np.testing.assert_array_equal(stored["actions"], replay.actions)
@@ -185,3 +186,21 @@ def test_random_controller_data_is_the_papers_carracing_policy_and_a_function_of
     assert walk == folder.parent / "walk" / "rollouts"
     assert [load_episode_metadata(path)["policy"] for path in list_episodes(walk)] == ["random_walk"] * 3
     assert len(list_episodes(folder)) == 2
+
+
+def test_shared_random_data_never_mixes_served_and_unserved_episodes(tmp_path):
+    """`env.fire_to_serve` changes the game the episodes show (Breakout's ball served or not), so the
+    shared random-policy folder refuses to add episodes played under the other rule."""
+    from config import get_config
+    from tests.conftest import isolate
+    from utils.errors import WorldModelsError
+
+    cfg = isolate(get_config("ALE/Breakout-v5", preset="smoke", overrides=["collect.num_rollouts=1", "collect.workers=1",
+                                                                          "env.max_episode_steps=20"]), tmp_path)
+    folder = collect(cfg)
+    episode = load_episode(list_episodes(folder)[0])
+    assert load_episode_metadata(list_episodes(folder)[0])["fire_to_serve"] and episode["actions"][:2, 1].all()
+    cfg.env.fire_to_serve, cfg.collect.num_rollouts = False, 2
+    with pytest.raises(WorldModelsError, match="holds episodes of env.fire_to_serve=true, unlike this run's"):
+        collect(cfg)
+    assert len(list_episodes(folder)) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -269,6 +270,12 @@ def test_interrupted_controller_resumes_at_the_saved_generation(lunar_models, tm
     checkpoint["mean_params"] += 0.01
     torch.save(checkpoint, path)
     with pytest.raises(WorldModelsError, match="does not give back the saved CMA-ES mean"):
+        train_controller(interrupted)
+    # Fitnesses measured with the ball served for the agent (env.fire_to_serve, Atari) are another task's.
+    checkpoint = torch.load(io.BytesIO(saved_bytes), weights_only=True)
+    checkpoint["config"]["env"]["fire_to_serve"] = True
+    torch.save(checkpoint, path)
+    with pytest.raises(WorldModelsError, match="has env.fire_to_serve=True.* this run expects env.fire_to_serve=False"):
         train_controller(interrupted)
     path.write_bytes(saved_bytes)
     # M retrained under the run: its CMA-ES state belongs to the old M, so the run refuses to go on.

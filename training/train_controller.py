@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import Config, ControllerConfig
+from config import Config, ControllerConfig, EnvConfig
 from models.controller import CMAES
 from models.loaders import build_policy, load_controller_checkpoint, make_controller, weights_fingerprint
 from training.dream import dream_candidates, dream_generator, dream_scores, dream_video, load_dream_starts
@@ -80,7 +80,7 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     # that changes what it asks (its seed, sigma, population, penalty) or what the fitness measured (real or
     # dream, and which dream) would silently pair the old fitnesses with new candidates.
     saved, c = checkpoint["config"], cfg.controller
-    defaults = ControllerConfig()  # for fields a checkpoint predates
+    defaults = {"controller": ControllerConfig(), "env": EnvConfig()}  # for fields a checkpoint predates
     must_match = {"experiment.seed": cfg.experiment.seed, "controller.population_size": c.population_size,
                   "controller.sigma": c.sigma, "controller.weight_decay": c.weight_decay, "controller.mode": c.mode,
                   "controller.action_mapping": c.action_mapping, "controller.sample_z": c.sample_z,
@@ -89,10 +89,10 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
         must_match.update({"controller.temperature": c.temperature, "controller.dream_done": c.dream_done,
                            "controller.dream_max_steps": c.dream_max_steps})
     else:
-        must_match["env.max_episode_steps"] = cfg.env.max_episode_steps
+        must_match.update({"env.max_episode_steps": cfg.env.max_episode_steps, "env.fire_to_serve": cfg.env.fire_to_serve})
     for key, expected in must_match.items():
         section, name = key.split(".")
-        default = getattr(defaults, name, None) if section == "controller" else None
+        default = getattr(defaults[section], name, None) if section in defaults else None
         require_match(key, saved[section].get(name, default), expected, path)
     history = checkpoint["fitness_history"].numpy()
     es.replay(history)

@@ -47,6 +47,13 @@ def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
     return vectors_to_actions(np.asarray(vector)[None], space)[0]
 
 
+# `env.fire_to_serve`: FIRE is played this many steps in a row. One press is lost when ALE v5's sticky
+# actions (0.25 a frame) repeat the previous action on all 4 frames of the step: 0.4% of serves, measured
+# 0.2%, each leaving an agent that never presses FIRE standing still until the step cap. FIRE does
+# nothing while the ball is in play, so a second press costs nothing.
+SERVE_STEPS = 2
+
+
 @lru_cache(maxsize=None)
 def fire_action(env_id: str) -> int:
     """The index of FIRE in an ALE game's action set (Breakout: 1), the serve of `env.fire_to_serve`.
@@ -56,7 +63,7 @@ def fire_action(env_id: str) -> int:
     gym.register_envs(ale_py)
     env = gym.make(env_id)
     try:
-        meanings = env.unwrapped.get_action_meanings()
+        meanings = env.unwrapped.get_action_meanings() if hasattr(env.unwrapped, "get_action_meanings") else []
     finally:
         env.close()
     if "FIRE" not in meanings:

@@ -84,8 +84,9 @@ def episode_index(path: Path) -> int:
     return int(Path(path).stem.split("_")[1])
 
 
-def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compress: bool = False) -> None:
-    """Write one episode atomically (temp file + rename)."""
+def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compress: bool = False,
+                 fire_to_serve: bool = False) -> None:
+    """Write one episode atomically (temp file + rename), with what it was played under (`env.fire_to_serve`)."""
     save = np.savez_compressed if compress else np.savez
     with atomic_path(path) as tmp_path:
         with open(tmp_path, "wb") as handle:
@@ -98,6 +99,7 @@ def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compres
                 seed=np.int64(episode.seed),
                 env_id=np.str_(env_id),
                 policy=np.str_(policy),
+                fire_to_serve=np.bool_(fire_to_serve),
             )
 
 
@@ -117,7 +119,10 @@ def load_episode(path: Path, keys: Sequence[str] = EPISODE_KEYS) -> dict[str, np
 
 def load_episode_metadata(path: Path) -> dict[str, object]:
     data = load_episode(path, keys=("seed", "env_id", "policy"))
-    return {"seed": int(data["seed"]), "env_id": str(data["env_id"]), "policy": str(data["policy"])}
+    with np.load(path, allow_pickle=False) as archive:  # files written before env.fire_to_serve existed: False
+        fire_to_serve = bool(archive["fire_to_serve"]) if "fire_to_serve" in archive.files else False
+    return {"seed": int(data["seed"]), "env_id": str(data["env_id"]), "policy": str(data["policy"]),
+            "fire_to_serve": fire_to_serve}
 
 
 def list_episodes(folder: Path) -> list[Path]:

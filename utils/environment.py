@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
-from utils.actions import action_size, action_to_vector, fire_action
+from utils.actions import SERVE_STEPS, action_size, action_to_vector, fire_action
 from utils.data import Episode, episode_index, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
@@ -112,24 +112,27 @@ class FrameObservation(gym.ObservationWrapper):
 
 
 class ServeWithFire(gym.Wrapper):
-    """`env.fire_to_serve` on Gymnasium: an episode's first action and the first after a lost life are
-    `fire` (FIRE's index), whatever the agent chose. The action played is in `info["played_action"]`,
-    so a recorded episode holds what the game saw. `EnvPoolBatch` applies the same rule on EnvPool."""
+    """`env.fire_to_serve` on Gymnasium: an episode's first `SERVE_STEPS` actions and the first
+    `SERVE_STEPS` after a lost life are `fire` (FIRE's index), whatever the agent chose. The action played
+    is in `info["played_action"]`, so a recorded episode holds what the game saw. `EnvPoolBatch` applies
+    the same rule on EnvPool."""
 
     def __init__(self, env: gym.Env, fire: int):
         super().__init__(env)
         self.fire = fire
-        self.serve, self.lives = True, 0
+        self.serves_left, self.lives = SERVE_STEPS, 0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         observation, info = self.env.reset(**kwargs)
-        self.serve, self.lives = True, int(info["lives"])
+        self.serves_left, self.lives = SERVE_STEPS, int(info["lives"])
         return observation, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        played = self.fire if self.serve else action
+        played = self.fire if self.serves_left else action
         observation, reward, terminated, truncated, info = self.env.step(played)
-        self.serve, self.lives = int(info["lives"]) < self.lives, int(info["lives"])
+        lives = int(info["lives"])
+        self.serves_left = SERVE_STEPS if lives < self.lives else max(self.serves_left - 1, 0)
+        self.lives = lives
         return observation, reward, terminated, truncated, {**info, "played_action": played}
 
 
@@ -281,7 +284,7 @@ def _collect_one(index: int) -> tuple[int, int, float]:
     episode = run_episode(_collect_worker["env"], _collect_worker["agent"], collect_episode_seed(cfg, index),
                           cfg.env.max_episode_steps)
     save_episode(episode_path(_collect_worker["folder"], index), episode, cfg.env.env_id, cfg.collect.policy,
-                 cfg.collect.compress)
+                 cfg.collect.compress, cfg.env.fire_to_serve)
     return index, episode.length, episode.total_reward
 
 
@@ -299,7 +302,7 @@ def _collect_with_envpool(cfg: Config, folder: Path, pending: list[int],
         seeds = [collect_episode_seed(cfg, index) for index in indices]
         for position, episode in play_episodes(cfg.env, agents, seeds):
             save_episode(episode_path(folder, indices[position]), episode, cfg.env.env_id, cfg.collect.policy,
-                         cfg.collect.compress)
+                         cfg.collect.compress, cfg.env.fire_to_serve)
             yield indices[position], episode.length, episode.total_reward
 
 
@@ -336,7 +339,9 @@ def collect_episodes(cfg: Config, make_agent: AgentFactory = make_random_agent, 
         index = episode_index(on_disk[0])
         mismatch = (f"collect.policy={found['policy']}" if found["policy"] != cfg.collect.policy
                     else "other seeds (another --seed or collect.seed_offset)"
-                    if found["seed"] != collect_episode_seed(cfg, index) else None)
+                    if found["seed"] != collect_episode_seed(cfg, index)
+                    else f"env.fire_to_serve={str(found['fire_to_serve']).lower()}"
+                    if found["fire_to_serve"] != cfg.env.fire_to_serve else None)
         if mismatch:
             raise WorldModelsError(f"{folder} holds episodes of {mismatch}, unlike this run's; give this data set "
                                    f"its own collect.rollout_folder=<name>, or move them away")

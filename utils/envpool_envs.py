@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 
 from config import EnvConfig
-from utils.actions import action_size, action_to_vector, fire_action
+from utils.actions import SERVE_STEPS, action_size, action_to_vector, fire_action
 from utils.data import Episode
 from utils.errors import WorldModelsError
 from utils.frames import preprocess_frames
@@ -193,9 +193,10 @@ class EnvPoolBatch:
             self.pool = OneEnvPools(make_pool, seeds) if self.task.one_env_pools else make_pool(seeds)
             self.action_space = gymnasium_space(self.pool.action_space)
         self.ended = np.zeros(self.num_envs, bool)
-        # `env.fire_to_serve`: envs whose next action is FIRE (an episode's first, the first after a lost life).
+        # `env.fire_to_serve`: how many more steps each env plays FIRE (an episode's first SERVE_STEPS, and
+        # the first SERVE_STEPS after a lost life), as `utils.environment.ServeWithFire` on Gymnasium.
         self.fire = fire_action(env_cfg.env_id) if env_cfg.fire_to_serve else None
-        self.serve = np.zeros(self.num_envs, bool)
+        self.serves_left = np.zeros(self.num_envs, np.int64)
         self.lives = np.zeros(self.num_envs, np.int64)
         # Rendering (LunarLander, Atari) and resizing run in the caller's thread, one frame after another,
         # and both release the GIL: threads over the cores make them 1.8x faster on 2 cores (LunarLander,
@@ -227,7 +228,7 @@ class EnvPoolBatch:
         self.ended[:] = False
         env_ids = np.asarray(info["env_id"])
         if self.fire is not None:
-            self.serve[env_ids], self.lives[env_ids] = True, info["lives"]
+            self.serves_left[env_ids], self.lives[env_ids] = SERVE_STEPS, info["lives"]
         return self._frames(observation, env_ids)
 
     def served(self, env_ids: Sequence[int], actions: Sequence[Any]) -> list[Any]:
@@ -235,7 +236,7 @@ class EnvPoolBatch:
         (`env.fire_to_serve`). `step` plays these; recorders call it to store what the game saw."""
         if self.fire is None:
             return list(actions)
-        return [self.fire if self.serve[env] else action for env, action in zip(env_ids, actions)]
+        return [self.fire if self.serves_left[env] else action for env, action in zip(env_ids, actions)]
 
     def step(self, env_ids: Sequence[int], actions: Sequence[Any]) -> tuple[np.ndarray, ...]:
         env_ids = np.asarray(env_ids, dtype=np.int32)
@@ -246,7 +247,9 @@ class EnvPoolBatch:
             _action_batch(self.served(env_ids, actions), self.action_space), env_id=env_ids)
         if self.fire is not None:
             lives = np.asarray(info["lives"])
-            self.serve[env_ids], self.lives[env_ids] = lives < self.lives[env_ids], lives
+            self.serves_left[env_ids] = np.where(lives < self.lives[env_ids], SERVE_STEPS,
+                                                 np.maximum(self.serves_left[env_ids] - 1, 0))
+            self.lives[env_ids] = lives
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         self.ended[env_ids] = terminated | truncated
         rewards = np.asarray(rewards, np.float64)

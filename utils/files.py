@@ -199,8 +199,8 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> Config:
 def trained_config(cfg: Config, stage: str, missing_hint: str = "") -> Config:
     """The config `stage`'s checkpoint of `cfg`'s experiment was trained with, as a run that plays it needs
     it: how frames look and how C acts are the checkpoint's (V's crop, C's inputs and action mapping);
-    the folders, device, episode cap and backend are this run's, so every method plays the same task even
-    when C was trained on shortened episodes or on the other backend. `missing_hint` ends the error when
+    the folders, device, episode cap, serve rule (`env.fire_to_serve`) and backend are this run's, so every
+    method plays the same task even when C was trained on shortened episodes or on the other backend. `missing_hint` ends the error when
     there is no checkpoint (e.g. the command that trains one)."""
     path = checkpoint_path(cfg, stage)
     if not path.is_file():
@@ -208,6 +208,7 @@ def trained_config(cfg: Config, stage: str, missing_hint: str = "") -> Config:
     trained = checkpoint_config(load_checkpoint(path, stage, cfg.env.env_id))
     trained.experiment = cfg.experiment
     trained.env.max_episode_steps = cfg.env.max_episode_steps
+    trained.env.fire_to_serve = cfg.env.fire_to_serve
     trained.env.backend = cfg.env.backend
     return trained
 
