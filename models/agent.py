@@ -39,7 +39,9 @@ class WorldModelPolicy:
     feeds [z_t, c_t, h_t] (the paper's Doom C).
 
     `exploration` > 0 perturbs C's actions (`explore_actions`) before they reach the env and M, so M's
-    state follows the action actually taken; stage 1 uses it to collect data with a trained C.
+    state follows the action actually taken; stage 1 uses it to collect data with a trained C. (One
+    exception: on a step where `env.fire_to_serve` plays FIRE instead, M's state follows C's choice; the
+    env replaces the action after C and M have run.)
     `sample_z` draws z ~ N(mu, exp(logvar)) from V's posterior instead of taking mu, and C and M both get
     that draw: what the paper's CarRacing code does (a noisier input that C must be robust to).
     """
