@@ -70,7 +70,7 @@ class EnvConfig:
     # auto (envpool where it is installed and ports the env, else gymnasium). utils/envpool_envs.py.
     backend: str = "auto"
     # Atari games that stand still until the player serves (Breakout): an episode's first 2 actions and the
-    # first 2 after a lost life are FIRE, whatever the agent chose, on both backends (utils.envpool_envs.
+    # first 2 after a lost life are FIRE, whatever the agent chose, on both backends (utils.actions.
     # SERVE_STEPS); PPO's env serves too, with extra steps of its own (FireReset, FireOnLifeLoss). The
     # action played is what episodes record.
     fire_to_serve: bool = False

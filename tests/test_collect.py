@@ -204,3 +204,13 @@ def test_shared_random_data_never_mixes_served_and_unserved_episodes(tmp_path):
     with pytest.raises(WorldModelsError, match="holds episodes of env.fire_to_serve=true, unlike this run's"):
         collect(cfg)
     assert len(list_episodes(folder)) == 1
+
+
+def test_episode_files_from_before_fire_to_serve_read_as_unserved(tmp_path):
+    """Rollouts written before `env.fire_to_serve` existed carry no such key: they were played unserved."""
+    path = tmp_path / "ep_000000.npz"
+    np.savez(path, obs=np.zeros((1, 64, 64, 3), np.uint8), actions=np.zeros((1, 3), np.float32),
+             rewards=np.zeros(1, np.float32), terminated=np.zeros(1, bool), seed=np.int64(5),
+             env_id=np.str_("CarRacing-v3"), policy=np.str_("random_walk"))
+    assert load_episode_metadata(path) == {"seed": 5, "env_id": "CarRacing-v3", "policy": "random_walk",
+                                           "fire_to_serve": False}

@@ -66,18 +66,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: docs/<task>_curve.png (--task any: docs/<the first curve's folder>_curve.png)")
     args = parser.parse_args(argv)
-    args.out = args.out or Path(f"docs/{args.task if args.task != 'any' else args.curves[0].parent.name}_curve.png")
+    doom, original = args.task == "doom", args.task != "any"  # `any`: no original to draw or read
+    args.out = args.out or Path(f"docs/{args.task if original else args.curves[0].parent.name}_curve.png")
     labels = args.labels or [path.parent.name for path in args.curves]
     if len(labels) != len(args.curves):
         print(f"error: {len(labels)} labels for {len(args.curves)} curves", file=sys.stderr)
         raise SystemExit(2)
-    needed = [*args.curves, args.reference] if args.task != "any" else args.curves  # `any` has no original
+    needed = [*args.curves, args.reference] if original else args.curves
     missing = [str(path) for path in needed if not path.exists()]
     if missing:
         print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
         raise SystemExit(2)
 
-    doom, original = args.task == "doom", args.task != "any"
     paper_population: tuple[list[float], list[float]] = ([], [])
     paper_mean_eval: tuple[list[float], list[float]] = ([], [])  # Doom's original logged no real score per generation
     if not original:

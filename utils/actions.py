@@ -54,6 +54,13 @@ def vector_to_action(vector: np.ndarray, space: gym.Space) -> Any:
 SERVE_STEPS = 2
 
 
+def serves_left_after(serves_left: Any, lives_before: Any, lives_after: Any) -> Any:
+    """The serve rule of `env.fire_to_serve`, for one env (ints) or a batch (arrays): how many more steps
+    play FIRE after a step that took `serves_left` from `lives_before` to `lives_after` lives: all
+    `SERVE_STEPS` again after a lost life, else one fewer (never below 0)."""
+    return np.where(np.asarray(lives_after) < lives_before, SERVE_STEPS, np.maximum(np.asarray(serves_left) - 1, 0))
+
+
 @lru_cache(maxsize=None)
 def fire_action(env_id: str) -> int:
     """The index of FIRE in an ALE game's action set (Breakout: 1), the serve of `env.fire_to_serve`.

@@ -103,11 +103,16 @@ def save_episode(path: Path, episode: Episode, env_id: str, policy: str, compres
             )
 
 
+# Keys that files written before them lack, with the value those files were played under.
+KEYS_ADDED_LATER = {"fire_to_serve": np.bool_(False)}
+
+
 def load_episode(path: Path, keys: Sequence[str] = EPISODE_KEYS) -> dict[str, np.ndarray]:
     """Read `keys` of one episode file; a corrupt or foreign file fails with its name."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            data = {key: archive[key] for key in keys}
+            data = {key: archive[key] if key in archive.files or key not in KEYS_ADDED_LATER else KEYS_ADDED_LATER[key]
+                    for key in keys}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise WorldModelsError(
             f"corrupt episode file {path} ({type(error).__name__}); delete it and re-run collection to replace it"
@@ -118,11 +123,9 @@ def load_episode(path: Path, keys: Sequence[str] = EPISODE_KEYS) -> dict[str, np
 
 
 def load_episode_metadata(path: Path) -> dict[str, object]:
-    data = load_episode(path, keys=("seed", "env_id", "policy"))
-    with np.load(path, allow_pickle=False) as archive:  # files written before env.fire_to_serve existed: False
-        fire_to_serve = bool(archive["fire_to_serve"]) if "fire_to_serve" in archive.files else False
+    data = load_episode(path, keys=("seed", "env_id", "policy", "fire_to_serve"))
     return {"seed": int(data["seed"]), "env_id": str(data["env_id"]), "policy": str(data["policy"]),
-            "fire_to_serve": fire_to_serve}
+            "fire_to_serve": bool(data["fire_to_serve"])}
 
 
 def list_episodes(folder: Path) -> list[Path]:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from config import RANDOM_POLICIES, SUPPORTED_ENVS, Config, EnvConfig, canonical_env_id, get_config, parse_env_kwargs, valid_keys
-from utils.actions import SERVE_STEPS, action_size, action_to_vector, fire_action
+from utils.actions import SERVE_STEPS, action_size, action_to_vector, fire_action, serves_left_after
 from utils.data import Episode, episode_index, episode_path, list_episodes, load_episode, load_episode_metadata, rollout_dir, save_episode
 from utils.envpool_envs import ENVPOOL_ONLY_ENVS, EnvPoolBatch, play_episodes, resolve_backend
 from utils.errors import WorldModelsError
@@ -130,9 +130,8 @@ class ServeWithFire(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         played = self.fire if self.serves_left else action
         observation, reward, terminated, truncated, info = self.env.step(played)
-        lives = int(info["lives"])
-        self.serves_left = SERVE_STEPS if lives < self.lives else max(self.serves_left - 1, 0)
-        self.lives = lives
+        self.serves_left = int(serves_left_after(self.serves_left, self.lives, info["lives"]))
+        self.lives = int(info["lives"])
         return observation, reward, terminated, truncated, {**info, "played_action": played}
 
 

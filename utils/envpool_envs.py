@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 
 from config import EnvConfig
-from utils.actions import SERVE_STEPS, action_size, action_to_vector, fire_action
+from utils.actions import SERVE_STEPS, action_size, action_to_vector, fire_action, serves_left_after
 from utils.data import Episode
 from utils.errors import WorldModelsError
 from utils.frames import preprocess_frames
@@ -247,8 +247,7 @@ class EnvPoolBatch:
             _action_batch(self.served(env_ids, actions), self.action_space), env_id=env_ids)
         if self.fire is not None:
             lives = np.asarray(info["lives"])
-            self.serves_left[env_ids] = np.where(lives < self.lives[env_ids], SERVE_STEPS,
-                                                 np.maximum(self.serves_left[env_ids] - 1, 0))
+            self.serves_left[env_ids] = serves_left_after(self.serves_left[env_ids], self.lives[env_ids], lives)
             self.lives[env_ids] = lives
         terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
         self.ended[env_ids] = terminated | truncated
