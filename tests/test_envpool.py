@@ -336,3 +336,25 @@ def test_fire_to_serve_plays_the_same_rule_on_envpool():
         assert episode.terminated[-1] and len(episode.rewards) < 3000
         assert int(episode.actions[:, 1].sum()) == 10 and episode.actions[:2, 1].all()
     assert space.n == 4
+
+
+def test_envpools_breakout_pays_holding_right_where_gymnasiums_does_not():
+    """The port difference behind `port_difference("ALE/Breakout-v5")` (docs/RESULTS.md, "Breakout"): the
+    same constant policy, served by the same rule, on the same 16 seeds, scores far more on EnvPool. If a
+    later EnvPool plays Gymnasium's game, this fails and the notice should go."""
+    import dataclasses
+
+    from utils.envpool_envs import port_difference
+    from utils.environment import make_frame_env, run_episode
+
+    cfg = get_config("ALE/Breakout-v5", overrides=["env.max_episode_steps=3000"])
+    hold_right = type("HoldRight", (), {"reset": lambda self, seed=None: None, "act": lambda self, frame: 2})
+    seeds = list(range(100, 116))
+    env = make_frame_env(dataclasses.replace(cfg.env, backend="gymnasium"))
+    on_gymnasium = np.mean([run_episode(env, hold_right(), seed, record=False).total_reward for seed in seeds])
+    env.close()
+    played = play_episodes(dataclasses.replace(cfg.env, backend="envpool"), [hold_right() for _ in seeds], seeds)
+    on_envpool = np.mean([episode.rewards.sum() for _, episode in played])
+    assert on_gymnasium <= 2.5 and on_envpool >= 4.0, (on_gymnasium, on_envpool)
+    assert "Breakout" in port_difference("ALE/Breakout-v5") and "Gymnasium" in port_difference("ALE/Breakout-v5")
+    assert port_difference("ALE/Pong-v5") == "" and port_difference("LunarLander-v3") == ""

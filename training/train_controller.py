@@ -44,7 +44,7 @@ from training.population import run_episodes
 from training.train_utils import run_cli, run_stage
 from utils.env_workers import make_env_slots
 from utils.environment import env_action_space
-from utils.envpool_envs import resolve_backend
+from utils.envpool_envs import port_difference, resolve_backend
 from utils.errors import WorldModelsError
 from utils.files import checkpoint_path, experiment_dir, make_writer, require_match, save_checkpoint
 from utils.runtime import episode_seeds, resolve_device, seed_everything, torch_threads
@@ -158,6 +158,9 @@ def train_controller(cfg: Config) -> Path:
           f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} {backend} envs over "
           f"{pool.workers} worker(s), "
           f"device {device}")
+    if backend == "envpool" and not dream and port_difference(cfg.env.env_id):
+        print(f"notice: {port_difference(cfg.env.env_id)}; evaluate.py plays Gymnasium's by default "
+              "(docs/RESULTS.md)")
     fitness_tag = "controller/dream_fitness" if dream else "controller/fitness"
     last_eval: dict[str, float] = {}
     try:

@@ -57,6 +57,7 @@ class EnvPoolTask(NamedTuple):
     channels_first: bool = False  # the observation is (3, H, W) (ViZDoom), not (H, W, 3)
     reward_per_step: Optional[float] = None  # replaces EnvPool's reward when the task's score is time alive
     one_env_pools: bool = False  # one pool per env, made one after another (`OneEnvPools`: ViZDoom)
+    differs: str = ""  # how the port is known to differ from Gymnasium's env, when it matters to a trained C
 
 
 # The paper's DoomTakeCover (section 4): ViZDoom's take_cover scenario with one frame per step, episodes
@@ -70,10 +71,16 @@ DOOM_TAKE_COVER = EnvPoolTask("TakeCover-v1", dict(use_combined_action=True, fra
 
 # Our env id -> how EnvPool makes it. The Gymnasium ports play what Gymnasium's env of that id plays.
 ENVPOOL_TASKS: dict[str, EnvPoolTask] = {
-    "CarRacing-v3": EnvPoolTask("CarRacing-v3", {}),
+    "CarRacing-v3": EnvPoolTask(
+        "CarRacing-v3", {},
+        differs="EnvPool draws CarRacing's frame differently from Gymnasium (aliased shrink, skid marks): a C "
+                "trained here scores less on Gymnasium's (689 against 755 for the long run's kept best)"),
     "LunarLander-v3": EnvPoolTask("LunarLander-v3", {"render_mode": "rgb_array"}, "render"),
     "ALE/Pong-v5": EnvPoolTask("Pong-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
-    "ALE/Breakout-v5": EnvPoolTask("Breakout-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
+    "ALE/Breakout-v5": EnvPoolTask(
+        "Breakout-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render",
+        differs="EnvPool's Breakout plays a different game from Gymnasium's from the same start (holding RIGHT "
+                "scores 5.4 here, 1.2 there): a C trained here can learn the port's quirk instead of the game"),
     "DoomTakeCover-v0": DOOM_TAKE_COVER,
 }
 
@@ -110,6 +117,13 @@ def envpool_only_error(env_id: str) -> WorldModelsError:
     how = f"install it with `{INSTALL_COMMAND}`" if not envpool_installed() else "use --backend envpool (or auto)"
     return WorldModelsError(f"{env_id} exists only on EnvPool (ViZDoom's {ENVPOOL_TASKS[env_id].task}), "
                             f"not on Gymnasium; {how}")
+
+
+def port_difference(env_id: str) -> str:
+    """How EnvPool's port of `env_id` is known to differ from Gymnasium's in a way that moves a trained C's
+    score ("" where none is known); docs/RESULTS.md has the measurements."""
+    task = ENVPOOL_TASKS.get(env_id)
+    return task.differs if task else ""
 
 
 def resolve_backend(env_cfg: EnvConfig) -> str:
