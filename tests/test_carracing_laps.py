@@ -20,17 +20,26 @@ def test_split_unvisited_counts_gaps_behind_the_car_and_the_rest_ahead():
     visited = np.zeros(100, dtype=bool)
     visited[:40] = True
     visited[[10, 11, 25]] = False  # three tiles the car drove past without touching
-    assert laps.split_unvisited(visited, car_tile=40) == (3, 60)
-    assert laps.split_unvisited(visited, car_tile=20) == (2, 61)  # tile 25 is ahead of a car at 20
+    assert laps.split_unvisited(visited, progress=40) == (3, 60)
+    assert laps.split_unvisited(visited, progress=20) == (2, 61)  # tile 25 is ahead of a car at 20
 
 
-def test_split_unvisited_a_car_that_came_round_has_everything_behind_it():
+def test_split_unvisited_a_car_that_came_round_has_everything_behind_it_one_that_rolled_back_nothing():
     visited = np.ones(100, dtype=bool)
-    visited[[30, 31, 70]] = False  # round the track but 3 missed: fewer than 95% not needed for this
-    assert laps.split_unvisited(visited, car_tile=2) == (3, 0)
+    visited[[30, 31, 70]] = False
+    assert laps.split_unvisited(visited, progress=102) == (3, 0)
     early = np.zeros(100, dtype=bool)
-    early[:3] = True  # near the start having visited little: everything is still ahead
-    assert laps.split_unvisited(early, car_tile=2) == (0, 97)
+    early[:3] = True
+    assert laps.split_unvisited(early, progress=2) == (0, 97)
+    assert laps.split_unvisited(early, progress=-1) == (0, 97)
+
+
+def test_track_progress_counts_crossings_of_the_start_line_both_ways():
+    assert laps.track_progress(range(41), tiles=100) == 40
+    round_and_on = [*range(0, 100, 3), 99, 0, 5, 30]  # a lap, then 30 tiles into the next
+    assert laps.track_progress(round_and_on, tiles=100) == 130
+    assert laps.track_progress([0, 99, 98], tiles=100) == -2  # rolled back over the start line
+    assert laps.track_progress([0, 99, 0, 4], tiles=100) == 4  # back over it and forward again
 
 
 class Scripted:
@@ -58,7 +67,7 @@ def env():
 def test_full_gas_drives_fast_and_every_tile_is_accounted_for(env):
     row = laps.play_and_read(env, Scripted([0.0, 1.0, 0.0]), seed=4, max_steps=80)
     assert row["steps"] == 80 and row["outcome"] == "ran out of steps"
-    assert row["mean_gas"] == 1.0 and row["braking"] == 0.0
+    assert row["mean_gas"] == 1.0 and row["braking"] == 0.0 and row["mean_brake"] == 0.0
     assert row["mean_speed"] > 10.0
     assert row["visited"] > 5  # straight ahead along the start straight
     assert row["visited"] + row["left_behind"] + row["not_reached"] == row["tiles"] > 200
@@ -67,14 +76,15 @@ def test_full_gas_drives_fast_and_every_tile_is_accounted_for(env):
 
 def test_braking_in_place_goes_nowhere(env):
     row = laps.play_and_read(env, Scripted([0.0, 0.0, 1.0]), seed=4, max_steps=30)
-    assert row["braking"] == 1.0 and row["mean_gas"] == 0.0
+    assert row["braking"] == 1.0 and row["mean_brake"] == 1.0 and row["mean_gas"] == 0.0
     assert row["mean_speed"] < 0.5 and row["off_road"] == 0.0  # it starts on the road and stays
     assert row["left_behind"] == 0 and row["not_reached"] >= row["tiles"] - 3
 
 
 def test_markdown_table_has_a_row_per_outcome_seen_and_one_for_all():
     rows = [{"seed": s, "outcome": o, "return": r, "steps": 1000, "tiles": 300, "visited": 250, "left_behind": 5,
-             "not_reached": 45, "mean_speed": 50.0, "mean_gas": 0.2, "braking": 0.0, "off_road": 0.1}
+             "not_reached": 45, "mean_speed": 50.0, "mean_gas": 0.2, "mean_brake": 0.0, "braking": 0.0,
+             "off_road": 0.1}
             for s, (o, r) in enumerate([("ran out of steps", 700.0), ("ran out of steps", 800.0), ("lap finished", 906.0)])]
     table = laps.markdown_table(rows).splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| lap finished", "| ran out of steps", "| all"]

@@ -3,6 +3,7 @@ collection, stage 4's population evaluation, and clear errors where EnvPool cann
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from tests.conftest import isolate, kill_mid_collection  # noqa: E402
 from benchmarks.common import untrained_policy  # noqa: E402
 from training.population import run_episodes  # noqa: E402
 from utils.data import list_episodes, load_episode, load_episode_metadata  # noqa: E402
-from utils.envpool_envs import EnvPoolBatch, EnvPoolSlots, play_episodes, resolve_backend  # noqa: E402
-from utils.environment import RandomAgent, collect_episode_seed, collect_episodes, env_action_space  # noqa: E402
+from utils.envpool_envs import EnvPoolBatch, EnvPoolSlots, play_episodes, port_difference, resolve_backend  # noqa: E402
+from utils.environment import (RandomAgent, collect_episode_seed, collect_episodes, env_action_space,  # noqa: E402
+                               make_frame_env, run_episode)
 from utils.errors import WorldModelsError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,22 +340,28 @@ def test_fire_to_serve_plays_the_same_rule_on_envpool():
     assert space.n == 4
 
 
+class HoldRight:
+    """RIGHT every step, whatever the frame (Breakout's serves come from `env.fire_to_serve`)."""
+
+    def reset(self, seed=None):
+        pass
+
+    def act(self, frame):
+        return 2
+
+
 def test_envpools_breakout_pays_holding_right_where_gymnasiums_does_not():
     """The port difference behind `port_difference("ALE/Breakout-v5")` (docs/RESULTS.md, "Breakout"): the
     same constant policy, served by the same rule, on the same 16 seeds, scores far more on EnvPool. If a
     later EnvPool plays Gymnasium's game, this fails and the notice should go."""
-    import dataclasses
-
-    from utils.envpool_envs import port_difference
-    from utils.environment import make_frame_env, run_episode
-
     cfg = get_config("ALE/Breakout-v5", overrides=["env.max_episode_steps=3000"])
-    hold_right = type("HoldRight", (), {"reset": lambda self, seed=None: None, "act": lambda self, frame: 2})
     seeds = list(range(100, 116))
     env = make_frame_env(dataclasses.replace(cfg.env, backend="gymnasium"))
-    on_gymnasium = np.mean([run_episode(env, hold_right(), seed, record=False).total_reward for seed in seeds])
-    env.close()
-    played = play_episodes(dataclasses.replace(cfg.env, backend="envpool"), [hold_right() for _ in seeds], seeds)
+    try:
+        on_gymnasium = np.mean([run_episode(env, HoldRight(), seed, record=False).total_reward for seed in seeds])
+    finally:
+        env.close()
+    played = play_episodes(dataclasses.replace(cfg.env, backend="envpool"), [HoldRight() for _ in seeds], seeds)
     on_envpool = np.mean([episode.rewards.sum() for _, episode in played])
     assert on_gymnasium <= 2.5 and on_envpool >= 4.0, (on_gymnasium, on_envpool)
     assert "Breakout" in port_difference("ALE/Breakout-v5") and "Gymnasium" in port_difference("ALE/Breakout-v5")

@@ -4,14 +4,15 @@
         --episodes 20
 
 CarRacing pays 1000/N for each of the track's N tiles and takes 0.1 a step; an episode ends early only when
-the lap is done (every tile, or tile 0 again after 95% of them) or the car leaves the playfield (-100).
-An agent that runs out of its 1,000 steps has lost points in one of two ways: it drove past tiles without
-touching them (left behind: only a second pass would pay them), or it did not get round in time (not
-reached: too slow). The returns alone do not tell which; the game's state does. This tool plays the
+every tile has been visited (Gymnasium's other way to end a lap, reaching tile 0 after 95% of the tiles,
+never fires: reset already marks tile 0 visited) or when the car leaves the playfield (-100). An agent
+that runs out of its 1,000 steps has lost points in one of two ways: it drove past tiles without touching
+them (left behind: only a second pass would pay them), or it did not get round in time (not reached: too
+slow). The returns alone do not tell which; the game's state does. This tool plays the
 experiment's kept-best C on Gymnasium's CarRacing-v3 (the reference port, whose internals it reads) on
 evaluate.py's evaluation seeds and, per episode, records the outcome, the tiles visited, left behind and
-not reached, the car's mean speed, the mean gas, how often it brakes and how often all four wheels are
-off the road. Writes `results/<experiment>/laps.{md,json}`.
+not reached, the car's mean speed, the mean gas and brake, how often it brakes at all and how often all
+four wheels are off the road. Writes `results/<experiment>/laps.{md,json}`.
 """
 
 from __future__ import annotations
@@ -34,29 +35,42 @@ from utils.files import experiment_dir, trained_config, write_results_table  # n
 from utils.runtime import episode_seeds  # noqa: E402
 
 OUTCOMES = ("lap finished", "left the playfield", "ran out of steps")
-BRAKING = 0.1  # brake above this counts as braking (the paper's mapping clips tanh at 0, so tiny values are common)
 
 
-def split_unvisited(visited: np.ndarray, car_tile: int) -> tuple[int, int]:
-    """(left behind, not reached): the unvisited tiles before and from `car_tile`, the track tile nearest the
-    car at the end. `visited` is (N,) bool in track order, tile 0 at the start line. A car near the start
-    that has visited more than half the track has come round: its unvisited tiles are all behind it."""
-    tiles = len(visited)
-    if visited.sum() > tiles / 2 and car_tile < tiles / 10:
-        car_tile = tiles
-    behind = int((~visited[:car_tile]).sum())
+def split_unvisited(visited: np.ndarray, progress: int) -> tuple[int, int]:
+    """(left behind, not reached): the unvisited tiles the car has passed and the rest. `visited` is (N,)
+    bool in track order, tile 0 at the start line; `progress` is the car's final place along the track in
+    tiles, counted on from the start (`track_progress`): N or more once it has come round, so that every
+    unvisited tile is behind it, and below 0 if it rolled back over the start line."""
+    behind = int((~visited[:max(0, min(progress, len(visited)))]).sum())
     return behind, int((~visited).sum()) - behind
+
+
+def track_progress(nearest_tiles: Sequence[int], tiles: int) -> int:
+    """The car's place along the track in tiles, from the nearest track tile at each step: a jump of more
+    than half the track between two steps is a crossing of the start line (forwards or back), which adds
+    or takes away a lap."""
+    laps, previous = 0, 0  # the car starts on tile 0
+    for tile in nearest_tiles:
+        if tile - previous < -tiles / 2:
+            laps += 1
+        elif tile - previous > tiles / 2:
+            laps -= 1
+        previous = tile
+    return laps * tiles + previous
 
 
 def play_and_read(env: Any, agent: Agent, seed: int, max_steps: int) -> dict[str, Any]:
     """One episode of `agent` on Gymnasium's CarRacing (`env` wraps it) from `seed`, with what the game's
     state says about it: outcome, return, steps, tiles (N, visited, left behind, not reached), mean speed
-    (Box2D units/s), mean gas, the fractions of steps braking and with all four wheels off the road."""
+    (Box2D units/s), mean gas and brake (as the game clips them, 0..1), the fractions of steps with any
+    brake and with all four wheels off the road."""
     observation, _ = env.reset(seed=seed)
     agent.reset(seed)
     game = env.unwrapped
+    track_xy = np.array([(x, y) for _, _, x, y in game.track])  # (N, 2), track point i ends tile i
     total, steps, outcome = 0.0, 0, OUTCOMES[2]
-    speeds, gas, braking, off_road = [], [], [], []
+    speeds, gas, brake, off_road, nearest = [], [], [], [], []
     while True:
         action = np.asarray(agent.act(observation), dtype=np.float64)
         observation, reward, terminated, truncated, info = env.step(action)
@@ -65,27 +79,26 @@ def play_and_read(env: Any, agent: Agent, seed: int, max_steps: int) -> dict[str
         velocity = game.car.hull.linearVelocity
         speeds.append(float(np.hypot(velocity[0], velocity[1])))
         gas.append(float(np.clip(action[1], 0.0, 1.0)))
-        braking.append(bool(action[2] > BRAKING))
+        brake.append(float(np.clip(action[2], 0.0, 1.0)))
         off_road.append(all(len(wheel.tiles) == 0 for wheel in game.car.wheels))
+        nearest.append(int(np.argmin(np.linalg.norm(track_xy - np.array(game.car.hull.position), axis=1))))
         if terminated:
             outcome = OUTCOMES[0] if info.get("lap_finished") else OUTCOMES[1]
             break
         if truncated or steps >= max_steps:
             break
     visited = np.array([tile.road_visited for tile in game.road], dtype=bool)  # game.road is in track order
-    track_xy = np.array([(x, y) for _, _, x, y in game.track])
-    car_tile = int(np.argmin(np.linalg.norm(track_xy - np.array(game.car.hull.position), axis=1)))
-    behind, ahead = split_unvisited(visited, car_tile)
+    behind, ahead = split_unvisited(visited, track_progress(nearest, len(visited)))
     return {"seed": seed, "outcome": outcome, "return": total, "steps": steps, "tiles": len(visited),
             "visited": int(visited.sum()), "left_behind": behind, "not_reached": ahead,
-            "mean_speed": float(np.mean(speeds)), "mean_gas": float(np.mean(gas)),
-            "braking": float(np.mean(braking)), "off_road": float(np.mean(off_road))}
+            "mean_speed": float(np.mean(speeds)), "mean_gas": float(np.mean(gas)), "mean_brake": float(np.mean(brake)),
+            "braking": float(np.mean(np.array(brake) > 0)), "off_road": float(np.mean(off_road))}
 
 
 def markdown_table(episodes: Sequence[dict[str, Any]]) -> str:
     """One row per outcome that occurred and one for all episodes: means of the per-episode figures."""
     lines = ["| outcome | episodes | return | steps | tiles visited | left behind | not reached | mean speed | "
-             "mean gas | braking | all wheels off road |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "mean gas | mean brake | any brake | all wheels off road |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = [(outcome, [e for e in episodes if e["outcome"] == outcome]) for outcome in OUTCOMES]
     for name, group in [*groups, ("all", list(episodes))]:
         if not group:
@@ -94,7 +107,7 @@ def markdown_table(episodes: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {name} | {len(group)} | {mean['return']:.1f} | {mean['steps']:.0f} | "
                      f"{mean['visited']:.1f} of {mean['tiles']:.1f} | {mean['left_behind']:.1f} | "
                      f"{mean['not_reached']:.1f} | {mean['mean_speed']:.1f} | {mean['mean_gas']:.2f} | "
-                     f"{mean['braking']:.0%} | {mean['off_road']:.0%} |")
+                     f"{mean['mean_brake']:.3f} | {mean['braking']:.1%} | {mean['off_road']:.0%} |")
     return "\n".join(lines)
 
 

@@ -158,9 +158,9 @@ def train_controller(cfg: Config) -> Path:
           f"in the {'dream (M)' if dream else 'real environment'}, {pool.num_envs} {backend} envs over "
           f"{pool.workers} worker(s), "
           f"device {device}")
-    if backend == "envpool" and not dream and port_difference(cfg.env.env_id):
-        print(f"notice: {port_difference(cfg.env.env_id)}; evaluate.py plays Gymnasium's by default "
-              "(docs/RESULTS.md)")
+    differs = port_difference(cfg.env.env_id) if backend == "envpool" and not dream else ""
+    if differs:
+        print(f"notice: {differs}; evaluate.py plays Gymnasium's port by default")
     fitness_tag = "controller/dream_fitness" if dream else "controller/fitness"
     last_eval: dict[str, float] = {}
     try:

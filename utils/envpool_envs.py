@@ -12,7 +12,8 @@ What EnvPool changes, and how this module keeps the Gymnasium path's guarantees:
   `EnvPoolBatch` is made for a set of episodes and plays exactly one episode per env from its seed:
   episode i is a pure function of its seed and its agent, as `run_episode` makes it on Gymnasium, and
   collection stays resumable by episode index. (EnvPool's tracks and landers for seed s are not
-  Gymnasium's for seed s: the two backends play different but equally distributed episodes.)
+  Gymnasium's for seed s: the two backends play different episodes, equally distributed where the port
+  is faithful; `port_difference` names where it is known not to be.)
 * Autoreset: after an env's episode ends, EnvPool's next step on it would return the first frame of a
   new episode with reward 0 ("next-step" autoreset). An `EnvPoolBatch` never steps an env whose episode
   ended, so no transition joins two episodes.
@@ -69,18 +70,20 @@ DOOM_TAKE_COVER = EnvPoolTask("TakeCover-v1", dict(use_combined_action=True, fra
                                                    img_width=64), channels_first=True, reward_per_step=1.0,
                               one_env_pools=True)
 
-# Our env id -> how EnvPool makes it. The Gymnasium ports play what Gymnasium's env of that id plays.
+# Our env id -> how EnvPool makes it. The Gymnasium ports mean to play what Gymnasium's env of that id plays;
+# `differs` says where they are measured not to.
 ENVPOOL_TASKS: dict[str, EnvPoolTask] = {
     "CarRacing-v3": EnvPoolTask(
         "CarRacing-v3", {},
         differs="EnvPool draws CarRacing's frame differently from Gymnasium (aliased shrink, skid marks): a C "
-                "trained here scores less on Gymnasium's (689 against 755 for the long run's kept best)"),
+                "trained here scores less on Gymnasium's (docs/RESULTS.md, \"CarRacing: the long run\")"),
     "LunarLander-v3": EnvPoolTask("LunarLander-v3", {"render_mode": "rgb_array"}, "render"),
     "ALE/Pong-v5": EnvPoolTask("Pong-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
     "ALE/Breakout-v5": EnvPoolTask(
         "Breakout-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render",
         differs="EnvPool's Breakout plays a different game from Gymnasium's from the same start (holding RIGHT "
-                "scores 5.4 here, 1.2 there): a C trained here can learn the port's quirk instead of the game"),
+                "scores far more here): a C trained here can learn the port's quirk instead of the game "
+                "(docs/RESULTS.md, \"Breakout\")"),
     "DoomTakeCover-v0": DOOM_TAKE_COVER,
 }
 
