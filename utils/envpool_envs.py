@@ -76,7 +76,8 @@ ENVPOOL_TASKS: dict[str, EnvPoolTask] = {
     "CarRacing-v3": EnvPoolTask(
         "CarRacing-v3", {},
         differs="EnvPool draws CarRacing's frame differently from Gymnasium (aliased shrink, skid marks): a C "
-                "trained here scores less on Gymnasium's (docs/RESULTS.md, \"CarRacing: the long run\")"),
+                "trained here can score less on Gymnasium's; check it there (docs/RESULTS.md, \"CarRacing: the "
+                "long run\")"),
     "LunarLander-v3": EnvPoolTask("LunarLander-v3", {"render_mode": "rgb_array"}, "render"),
     "ALE/Pong-v5": EnvPoolTask("Pong-v5", {**_ATARI_V5, "render_mode": "rgb_array"}, "render"),
     "ALE/Breakout-v5": EnvPoolTask(
