@@ -42,6 +42,7 @@ SUPPORTED_ENVS = ("ALE/Pong-v5", "ALE/Breakout-v5", "LunarLander-v3", "CarRacing
 RANDOM_POLICIES = ("uniform", "repeat", "random_walk")
 COLLECT_POLICIES = (*RANDOM_POLICIES, "random_controller", "controller")
 RECON_LOSSES = ("bce", "mse")
+CONTROLLER_PARAMS = ("best", "mean")  # evaluate.py: the kept best or CMA-ES's mean (experiment.controller_params)
 CONTROLLER_INPUTS = ("zh", "z", "zch")  # zh = [z_t, h_t] (the full model), z = z_t only (the paper's ablation),
 # zch = [z_t, c_t, h_t]: the LSTM's cell state too (the paper's Doom controller)
 CONTROLLER_MODES = ("real", "dream")
@@ -225,6 +226,9 @@ class ExperimentConfig:
     # evaluate.py: the experiment whose PPO run is evaluated and compared ("" = this one), e.g. PPO trained
     # from pixels (`ppo-lunar-pixels`) beside a World Models run
     ppo_experiment: str = ""
+    # evaluate.py: which C of stage 4's checkpoint plays: best = the kept best (the highest re-evaluation) |
+    # mean = CMA-ES's mean at the last generation (the original scored its curve on the mean)
+    controller_params: str = "best"
 
 
 @dataclass
@@ -635,6 +639,7 @@ FIELD_RULES: dict[str, Rule] = {
     "controller.workers": _at_least(0),
     "controller.video_every": _at_least(0),
     "experiment.ppo_experiment": _folder_name(),
+    "experiment.controller_params": _one_of(CONTROLLER_PARAMS),
     "ppo.observation": _one_of(PPO_OBSERVATIONS),
     "ppo.total_timesteps": _at_least(1),
     "ppo.num_envs": _at_least(1),

@@ -93,6 +93,11 @@ def _trained_config(cfg: Config, stage: str) -> Config:
     return trained_config(cfg, stage, hint)
 
 
+def c_params(cfg: Config) -> str:
+    """Which C plays for world_models: "best" (the kept best) or "mean" (CMA-ES's mean)."""
+    return cfg.experiment.controller_params
+
+
 def ppo_run(cfg: Config) -> Config:
     """`cfg` pointed at the experiment whose PPO run is evaluated: `experiment.ppo_experiment`, or this one."""
     return of_experiment(cfg, cfg.experiment.ppo_experiment) if cfg.experiment.ppo_experiment else cfg
@@ -245,7 +250,7 @@ def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, devic
 
 def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Optional[float],
                       video: bool) -> tuple[Summary, list[dict]]:
-    """Play the kept-best C of `cfg`'s experiment for `episodes` episodes inside its M, all as one batch.
+    """Play the kept-best C (or CMA-ES's mean: `experiment.controller_params`) of `cfg`'s experiment for `episodes` episodes inside its M, all as one batch.
 
     Episodes start from V's posteriors of the collected episodes' first frames and run at `temperature`
     (None: the tau C was trained with) up to `controller.dream_max_steps`; a row's `seed` is the dream
@@ -257,7 +262,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     tau = c.temperature if temperature is None else temperature
     torch_device = resolve_device(device)
     policy = build_policy(trained, torch_device, env_action_space(trained.env))
-    params = load_controller_checkpoint(trained, torch_device)["best_params"].to(torch_device)
+    params = load_controller_checkpoint(trained, torch_device)[f"{c_params(cfg)}_params"].to(torch_device)
     starts = load_dream_starts(trained, policy.vae, torch_device)
     generator = dream_generator(trained.experiment.seed, "evaluate", 0, torch_device)
     started = time.perf_counter()
@@ -451,15 +456,18 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         summary, rows = evaluate_in_dream(cfg, episodes, cfg.experiment.device, temperature, video)
         print(format_table([summary]))
         folder = experiment_dir(cfg, "results")
-        write_results(folder, summary.method, [summary], rows, {"env_id": cfg.env.env_id})
-        print(f"results: {folder / f'eval_{summary.method}.json'}")
+        name = summary.method + ("_cmaes_mean" if c_params(cfg) == "mean" else "")
+        write_results(folder, name, [summary], rows, {"env_id": cfg.env.env_id, "controller_params": c_params(cfg)})
+        print(f"results: {folder / f'eval_{name}.json'}")
         return {"summaries": [summary], "rows": rows}
     methods = list(METHODS) if method == "compare" else [method]
     if method == "compare":  # every trained method must exist before anything runs
         _trained_config(cfg, "controller")
         _trained_config(ppo_run(cfg), "ppo")
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
-    print(f"evaluate: {cfg.env.env_id}, {episodes} episodes per method, env seeds {seeds[0]}..{seeds[-1]}")
+    which = {"best": "the kept best", "mean": "CMA-ES's mean"}[c_params(cfg)]
+    print(f"evaluate: {cfg.env.env_id}, {episodes} episodes per method, env seeds {seeds[0]}..{seeds[-1]}"
+          + (f"; World Models' C: {which}" if "world_models" in methods else ""))
     summaries, rows = [], []
     for name in methods:
         summary, method_rows = evaluate_method(name, cfg, episodes, workers, cfg.experiment.device, video)
@@ -468,6 +476,8 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
     print(format_table(summaries))
     folder = experiment_dir(cfg, "results")
     extra: dict[str, Any] = {"env_id": cfg.env.env_id, "seeds": seeds.tolist()}
+    if "world_models" in methods:
+        extra["controller_params"] = c_params(cfg)
     if method == "compare":
         wm = np.array([r["return"] for r in rows if r["method"] == "world_models"])
         ppo = np.array([r["return"] for r in rows if r["method"] == "ppo"])
@@ -476,8 +486,10 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         print(f"\nworld_models - ppo: {difference:+.1f}, 95% CI [{low:+.1f}, {high:+.1f}] (Welch)")
     if "ppo" in methods:
         extra["ppo_experiment"] = ppo_run(cfg).experiment_name  # whose PPO played (--ppo-experiment)
-    # Files of a run on EnvPool sit beside, not over, the Gymnasium ones (evaluating a transfer needs both).
-    name = f"{method}_envpool" if any(s.backend == "envpool" for s in summaries) else method
+    # Files of a run on EnvPool, or of CMA-ES's mean, sit beside, not over, the Gymnasium ones and the kept
+    # best's (evaluating a transfer, or the mean against the kept best, needs both).
+    name = method + ("_cmaes_mean" if "world_models" in methods and c_params(cfg) == "mean" else "")
+    name += "_envpool" if any(s.backend == "envpool" for s in summaries) else ""
     write_results(folder, name, summaries, rows, extra)
     if method == "compare":
         for path in plot_comparison(cfg, rows, summaries, folder):
@@ -499,7 +511,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--ppo-experiment", default="",
                         help="ppo / compare: the experiment that trained PPO (default: --experiment), e.g. PPO "
                              "from pixels beside a World Models run")
+    parser.add_argument("--controller", choices=("best", "mean"), default=None,
+                        help="world_models: play the kept best C (default) or CMA-ES's mean at the last generation")
     args = parser.parse_args(argv)
+    if args.controller:
+        args.overrides.append(f"experiment.controller_params={args.controller}")
     if args.ppo_experiment:
         args.overrides.append(f"experiment.ppo_experiment={args.ppo_experiment}")
     if args.backend is None:

@@ -220,3 +220,39 @@ def test_the_command_sets_the_evaluation_episode_length(trained_lunar):
     cfg = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=25"]), trained_lunar)
     result = evaluate(cfg, "world_models", episodes=3, workers=1)
     assert max(row["length"] for row in result["rows"]) == 25
+
+
+@pytest.mark.slow
+def test_the_cmaes_mean_plays_where_asked_and_its_files_sit_beside_the_kept_bests(trained_lunar, tmp_path):
+    """experiment.controller_params=mean (evaluate.py --controller mean) plays CMA-ES's mean, not the kept
+    best, and writes eval_world_models_cmaes_mean*, leaving the kept best's files alone."""
+    import shutil
+
+    import torch
+
+    from models.loaders import load_world_model_agent
+
+    shutil.copytree(trained_lunar / "checkpoints", tmp_path / "checkpoints")
+    path = tmp_path / "checkpoints" / "lunarlander-v3" / "controller.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["mean_params"] = -checkpoint["best_params"]  # surely another C than the kept best
+    torch.save(checkpoint, path)
+    best = isolate(get_config("LunarLander-v3", preset="smoke", overrides=["env.max_episode_steps=40"]), tmp_path)
+    mean = copy.deepcopy(best)
+    mean.experiment.controller_params = "mean"
+    assert torch.equal(load_world_model_agent(mean, "cpu").params.flatten(), checkpoint["mean_params"])
+    assert torch.equal(load_world_model_agent(best, "cpu").params.flatten(), checkpoint["best_params"])
+    by_best = evaluate(best, "world_models", episodes=3, workers=1)
+    by_mean = evaluate(mean, "world_models", episodes=3, workers=1)
+    assert by_best["summaries"][0].agent != by_mean["summaries"][0].agent
+    folder = tmp_path / "results" / "lunarlander-v3"
+    tail = "_envpool" if by_mean["summaries"][0].backend == "envpool" else ""
+    saved = {name: json.loads((folder / f"eval_{name}{tail}.json").read_text())
+             for name in ("world_models", "world_models_cmaes_mean")}
+    assert saved["world_models"]["controller_params"] == "best"
+    assert saved["world_models_cmaes_mean"]["controller_params"] == "mean"
+    assert [r["return"] for r in saved["world_models_cmaes_mean"]["episodes"]] == [r["return"] for r in by_mean["rows"]]
+    from utils.errors import WorldModelsError
+
+    with pytest.raises(WorldModelsError, match="experiment.controller_params"):
+        get_config("LunarLander-v3", overrides=["experiment.controller_params=median"])
