@@ -174,6 +174,9 @@ class ControllerConfig:
     video_every: int = 10  # log a video of the best candidate every N generations; 0 = never
     sample_actions: bool = False  # discrete actions: sample from softmax instead of argmax
     sample_z: bool = False  # C and M get a draw from V's posterior instead of its mean (the paper's CarRacing code)
+    # An experiment (same V and M) whose kept-best C is CMA-ES's starting mean instead of zeros: a restart with
+    # this run's sigma and population, its kept best and learning curve carried over
+    init_from: str = ""
 
 
 @dataclass

@@ -151,7 +151,7 @@ def test_unknown_section_lists_the_sections():
 UNBOUNDED_FIELDS = {
     "env.env_id", "env.env_kwargs", "env.fire_to_serve", "collect.compress", "collect.controller_experiment", "collect.extra_rollouts",
     "vae.batch_norm", "vae.channels_last", "vae.amp", "mdnrnn.train", "mdnrnn.amp", "mdnrnn.init_from", "controller.sample_actions",
-    "controller.sample_z",
+    "controller.sample_z", "controller.init_from",
     "ppo.anneal_lr", "ppo.clip_vloss", "ppo.normalize_observation", "ppo.normalize_reward", "ppo.grayscale",
     "experiment.name", "experiment.data_dir", "experiment.checkpoint_dir", "experiment.log_dir", "experiment.video_dir",
     "experiment.results_dir", "experiment.ray_address",

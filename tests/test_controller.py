@@ -6,6 +6,7 @@ import copy
 import csv
 import io
 import math
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -420,3 +421,59 @@ def test_exported_weights_are_smaller_act_the_same_and_resume_the_run(lunar_mode
     resumed = load_controller_checkpoint(copy)
     assert resumed["generation"] == 3
     torch.testing.assert_close(resumed["fitness_history"][:2], load_controller_checkpoint(source)["fitness_history"])
+
+
+@pytest.mark.slow
+def test_a_restart_starts_cmaes_at_the_sources_kept_best_and_carries_its_curve(lunar_models, tmp_path):
+    """controller.init_from: CMA-ES's first mean is the source's kept best (kept in the checkpoint, so a
+    resume does not depend on the source), its kept best and curve carry over, and it needs the same V and M."""
+    source = _controller_config(lunar_models, 2)
+    root = tmp_path / "checkpoints"
+    shutil.copytree(checkpoint_path(source, "controller").parent, root / "lunarlander-v3")
+    source.experiment.checkpoint_dir = str(root)
+    restart = copy.deepcopy(source)
+    restart.experiment.name = "restart"
+    restart.controller.init_from, restart.controller.sigma, restart.controller.generations = "lunarlander-v3", 1e-6, 1
+    (root / "restart").mkdir()
+    for stage in ("vae", "vae_best", "mdnrnn", "mdnrnn_best"):
+        shutil.copy(checkpoint_path(source, stage), checkpoint_path(restart, stage))
+    before = load_controller_checkpoint(source)
+    train_controller(restart)
+    after = load_controller_checkpoint(restart)
+    torch.testing.assert_close(after["initial_params"], before["best_params"])
+    # sigma 1e-6: every candidate is the source's kept best, give or take, and so is the new mean
+    torch.testing.assert_close(after["mean_params"], before["best_params"], atol=1e-4, rtol=0)
+    assert after["best_score"] >= before["best_score"] and len(after["fitness_history"]) == 1
+    rows, old = after["curve"], before["curve"]
+    column = {name: i for i, name in enumerate(CURVE_COLUMNS)}
+    torch.testing.assert_close(rows[: len(old)], old, equal_nan=True)
+    c = restart.controller
+    assert rows[-1, column["generation"]] == len(old) + 1
+    assert rows[-1, column["real_episodes"]] == (old[-1, column["real_episodes"]]
+                                                 + c.population_size * c.rollouts_per_candidate + 2 * c.eval_episodes)
+    # The source moves on (here: its kept best is gone); the restart still resumes from its own first mean.
+    checkpoint = torch.load(checkpoint_path(source, "controller"), weights_only=True)
+    checkpoint["best_params"] = torch.zeros_like(checkpoint["best_params"])
+    torch.save(checkpoint, checkpoint_path(source, "controller"))
+    restart.controller.generations = 2
+    train_controller(restart)
+    resumed = load_controller_checkpoint(restart)
+    assert resumed["generation"] == 2 and torch.equal(resumed["initial_params"], after["initial_params"])
+    assert resumed["curve"][-1, column["generation"]] == len(old) + 2
+    restart.controller.generations, restart.controller.init_from = 3, ""
+    with pytest.raises(WorldModelsError, match="has controller.init_from=lunarlander-v3.* this run expects controller.init_from="):
+        train_controller(restart)
+    # A C trained on another M is not a starting point for this one.
+    other = copy.deepcopy(source)
+    other.experiment.name, other.controller.init_from = "other", "lunarlander-v3"
+    (root / "other").mkdir()
+    for stage in ("vae", "vae_best"):
+        shutil.copy(checkpoint_path(source, stage), checkpoint_path(other, stage))
+    for stage in ("mdnrnn", "mdnrnn_best"):
+        checkpoint = torch.load(checkpoint_path(source, stage), weights_only=True)
+        name = next(iter(checkpoint["model"]))
+        checkpoint["model"][name] = checkpoint["model"][name] + 0.01
+        torch.save(checkpoint, checkpoint_path(other, stage))
+    with pytest.raises(WorldModelsError, match="controller.init_from='lunarlander-v3': .* another M"):
+        train_controller(other)
+    assert not checkpoint_path(other, "controller").exists()

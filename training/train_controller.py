@@ -13,6 +13,10 @@ re-evaluation, so successive candidates are compared on the same episodes. The p
 the maximum of many scores on one set of episodes, so its score is optimistic; evaluate.py's episodes
 (other seeds again) give the unbiased figure. The CMA-ES state is checkpointed each generation, so a run resumes where it stopped.
 
+`controller.init_from=<experiment>` restarts CMA-ES from that experiment's kept best (same V and M) with
+this run's sigma and population: for when a long run's sigma has shrunk and its curve flattened. The
+source's kept best and learning curve carry over, so its work still counts in the new curve's totals.
+
 `controller.mode=dream` takes the fitness from M instead (paper, section 4.4; `training/dream.py`): every
 candidate x rollout is one row of a batched tensor rollout inside M at temperature `controller.temperature`,
 started from real episodes' first latents. C is then trained entirely in the dream: the re-evaluation that
@@ -26,6 +30,7 @@ the dream of the generation's best candidate is decoded by V into `videos/<exper
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -66,6 +71,13 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     {"vae_fingerprint", "mdnrnn_fingerprint"} of the V and M this run trains C with."""
     path = checkpoint_path(cfg, "controller")
     if not path.is_file():
+        if cfg.controller.init_from:  # a restart: the source's kept best and curve carry over
+            checkpoint = _restart_source(cfg, num_params, fingerprints)
+            curve = LearningCurve(checkpoint.get("curve"))
+            best_score = float(checkpoint["best_score"])
+            if cfg.controller.mode == "real":
+                best_score = _kept_best_on_this_backend(cfg, checkpoint["config"], curve, best_score)
+            return ControllerRun(0, checkpoint["best_params"].numpy(), best_score, curve)
         return ControllerRun(0, np.zeros(num_params, np.float32), -np.inf, LearningCurve())
     checkpoint = load_controller_checkpoint(cfg)
     # A C's CMA-ES state means something only for the V and M it was trained with (in the dream, the M it
@@ -84,7 +96,7 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     must_match = {"experiment.seed": cfg.experiment.seed, "controller.population_size": c.population_size,
                   "controller.sigma": c.sigma, "controller.weight_decay": c.weight_decay, "controller.mode": c.mode,
                   "controller.action_mapping": c.action_mapping, "controller.sample_z": c.sample_z,
-                  "controller.sample_actions": c.sample_actions}
+                  "controller.sample_actions": c.sample_actions, "controller.init_from": c.init_from}
     if c.mode == "dream":
         must_match.update({"controller.temperature": c.temperature, "controller.dream_done": c.dream_done,
                            "controller.dream_max_steps": c.dream_max_steps})
@@ -105,6 +117,41 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     if c.mode == "real":
         best_score = _kept_best_on_this_backend(cfg, saved, curve, best_score)
     return ControllerRun(len(history), checkpoint["best_params"].numpy(), best_score, curve)
+
+
+def _restart_source(cfg: Config, num_params: int, fingerprints: dict[str, str]) -> dict:
+    """The controller checkpoint of `controller.init_from`'s experiment, refused unless its C is one this run
+    could have trained: the same V and M, inputs, layers, action mapping and z."""
+    source = copy.deepcopy(cfg)
+    source.experiment.name = cfg.controller.init_from
+    path = checkpoint_path(source, "controller")
+    if not path.is_file():
+        raise WorldModelsError(f"controller.init_from={cfg.controller.init_from!r}: no controller checkpoint at {path}")
+    checkpoint = load_controller_checkpoint(source)
+    for key, fingerprint in fingerprints.items():
+        if checkpoint.get(key) != fingerprint:
+            raise WorldModelsError(f"controller.init_from={cfg.controller.init_from!r}: {path} was trained with another "
+                                   f"{'V' if key.startswith('vae') else 'M'} than this experiment's (copy its V and M here)")
+    require_match("controller parameters", int(checkpoint["best_params"].numel()), num_params, path)
+    saved = checkpoint["config"]["controller"]
+    for name in ("action_mapping", "sample_z"):
+        require_match(f"controller.{name}", saved.get(name, getattr(ControllerConfig(), name)),
+                      getattr(cfg.controller, name), path)
+    return checkpoint
+
+
+def starting_mean(cfg: Config, num_params: int, fingerprints: dict[str, str]) -> Optional[np.ndarray]:
+    """CMA-ES's first mean: None (zeros) for a run from scratch; for a restart (`controller.init_from`) the
+    source's kept best, which the checkpoint keeps as `initial_params` so that a resumed restart replays
+    from the same point even after the source has moved on. (N,) float64."""
+    path = checkpoint_path(cfg, "controller")
+    if path.is_file():
+        initial = load_controller_checkpoint(cfg).get("initial_params")
+        return None if initial is None else initial.double().numpy()
+    if not cfg.controller.init_from:
+        return None
+    checkpoint = _restart_source(cfg, num_params, fingerprints)
+    return checkpoint["best_params"].double().numpy()
 
 
 def _kept_best_on_this_backend(cfg: Config, saved_config: dict, curve: LearningCurve, best_score: float) -> float:
@@ -133,10 +180,17 @@ def train_controller(cfg: Config) -> Path:
     action_space = env_action_space(cfg.env)
     policy = build_policy(cfg, device, action_space)
     num_params = make_controller(cfg, action_space).num_parameters
-    es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed, weight_decay=c.weight_decay)
     path = checkpoint_path(cfg, "controller")
     fingerprints = {"vae_fingerprint": weights_fingerprint(policy.vae), "mdnrnn_fingerprint": weights_fingerprint(policy.mdnrnn)}
+    x0 = starting_mean(cfg, num_params, fingerprints)
+    es = CMAES(num_params, c.sigma, c.population_size, cfg.experiment.seed, x0=x0, weight_decay=c.weight_decay)
     start_generation, best_params, best_score, curve = resume_controller(cfg, es, num_params, fingerprints)
+    # A restart's curve begins with its source's rows: its generations are numbered on from theirs.
+    carried = max(0, len(curve.rows) - start_generation)
+    restart = {} if x0 is None else {"initial_params": torch.as_tensor(x0, dtype=torch.float32)}
+    if x0 is not None and not start_generation:
+        print(f"controller: restarting CMA-ES (sigma {c.sigma}, population {c.population_size}) from the kept best of "
+              f"experiment {c.init_from!r} ({best_score:.1f}, after {carried} generations)")
     if start_generation >= c.generations:
         print(f"controller: {path} already has {start_generation} generations (best score {best_score:.1f}); nothing to do")
         return path
@@ -225,7 +279,7 @@ def train_controller(cfg: Config) -> Path:
                     _, video_lengths, recorded = run_episodes(policy, pool, best_params[None],
                                                               episode_seeds(cfg, "controller_eval", 0, 1), record_first=True)
                     real_episodes, real_steps = real_episodes + 1, real_steps + int(video_lengths.sum())
-                curve.add(step, real_episodes, real_steps, len(lengths) if dream else 0, time.perf_counter() - started,
+                curve.add(carried + step, real_episodes, real_steps, len(lengths) if dream else 0, time.perf_counter() - started,
                           fitness, es.sigma, evaluation, best_score, backend == "envpool")
                 writer.add_scalar("controller/real_episodes", curve.total("real_episodes"), step)
                 writer.add_scalar("controller/real_env_steps", curve.total("real_env_steps"), step)
@@ -239,6 +293,7 @@ def train_controller(cfg: Config) -> Path:
                     curve=curve.as_tensor(),
                     layer_shapes=[list(shape) for shape in policy.layer_shapes],
                     **fingerprints,
+                    **restart,
                     metrics={"fitness_mean": float(fitness.mean()), "fitness_best": float(fitness.max()),
                              "sigma": es.sigma, **last_eval},
                 )
