@@ -15,7 +15,8 @@ the maximum of many scores on one set of episodes, so its score is optimistic; e
 
 `controller.init_from=<experiment>` restarts CMA-ES from that experiment's kept best (same V and M) with
 this run's sigma and population: for when a long run's sigma has shrunk and its curve flattened. The
-source's kept best and learning curve carry over, so its work still counts in the new curve's totals.
+source's kept best (re-scored on this run's re-evaluation episodes first, in real mode: its own score was
+the best of many on the source's) and learning curve carry over, so its work counts in the new totals.
 
 `controller.mode=dream` takes the fitness from M instead (paper, section 4.4; `training/dream.py`): every
 candidate x rollout is one row of a batched tensor rollout inside M at temperature `controller.temperature`,
@@ -73,11 +74,9 @@ def resume_controller(cfg: Config, es: CMAES, num_params: int, fingerprints: dic
     if not path.is_file():
         if cfg.controller.init_from:  # a restart: the source's kept best and curve carry over
             checkpoint = _restart_source(cfg, num_params, fingerprints)
-            curve = LearningCurve(checkpoint.get("curve"))
-            best_score = float(checkpoint["best_score"])
-            if cfg.controller.mode == "real":
-                best_score = _kept_best_on_this_backend(cfg, checkpoint["config"], curve, best_score)
-            return ControllerRun(0, checkpoint["best_params"].numpy(), best_score, curve)
+            # In real mode `train_controller` re-scores the kept best on this run's episodes before generation 1.
+            return ControllerRun(0, checkpoint["best_params"].numpy(), float(checkpoint["best_score"]),
+                                 LearningCurve(checkpoint.get("curve")))
         return ControllerRun(0, np.zeros(num_params, np.float32), -np.inf, LearningCurve())
     checkpoint = load_controller_checkpoint(cfg)
     # A C's CMA-ES state means something only for the V and M it was trained with (in the dream, the M it
@@ -219,6 +218,18 @@ def train_controller(cfg: Config) -> Path:
     last_eval: dict[str, float] = {}
     try:
         with torch_threads(threads):
+            rescored = (0, 0, 0.0)  # a restart's re-scoring below: episodes, steps, seconds, counted in generation 1
+            if x0 is not None and not start_generation and not dream:
+                # The carried score is the best of many on the source's re-evaluation episodes (optimistic), maybe
+                # on another backend or number of episodes: the kept best is re-scored on this run's.
+                started = time.perf_counter()
+                eval_seeds = episode_seeds(cfg, "controller_eval", 0, c.eval_episodes)
+                eval_returns, eval_lengths, _ = run_episodes(
+                    policy, pool, np.repeat(best_params[None].astype(np.float32), c.eval_episodes, axis=0), eval_seeds)
+                print(f"controller: the carried kept best scores {eval_returns.mean():.1f} on this run's {c.eval_episodes} "
+                      f"re-evaluation episodes ({best_score:.1f} in its own run)")
+                best_score = float(eval_returns.mean())
+                rescored = (len(eval_lengths), int(eval_lengths.sum()), time.perf_counter() - started)
             bar = tqdm(range(start_generation, c.generations), initial=start_generation, total=c.generations,
                        desc="controller", unit="gen")
             for generation in bar:
@@ -234,7 +245,7 @@ def train_controller(cfg: Config) -> Path:
                 fitness = returns.reshape(c.population_size, rollouts).mean(axis=1)
                 es.tell(fitness)
                 # Real-env work this generation: the rollouts (real mode), then re-evaluation and video below.
-                real_episodes, real_steps = (0, 0) if dream else (len(lengths), int(lengths.sum()))
+                real_episodes, real_steps = (0, 0) if dream else (len(lengths) + rescored[0], int(lengths.sum()) + rescored[1])
                 evaluation = None
                 elapsed = time.perf_counter() - started
                 step = generation + 1
@@ -279,8 +290,10 @@ def train_controller(cfg: Config) -> Path:
                     _, video_lengths, recorded = run_episodes(policy, pool, best_params[None],
                                                               episode_seeds(cfg, "controller_eval", 0, 1), record_first=True)
                     real_episodes, real_steps = real_episodes + 1, real_steps + int(video_lengths.sum())
-                curve.add(carried + step, real_episodes, real_steps, len(lengths) if dream else 0, time.perf_counter() - started,
-                          fitness, es.sigma, evaluation, best_score, backend == "envpool")
+                curve.add(carried + step, real_episodes, real_steps, len(lengths) if dream else 0,
+                          time.perf_counter() - started + rescored[2], fitness, es.sigma, evaluation, best_score,
+                          backend == "envpool")
+                rescored = (0, 0, 0.0)
                 writer.add_scalar("controller/real_episodes", curve.total("real_episodes"), step)
                 writer.add_scalar("controller/real_env_steps", curve.total("real_env_steps"), step)
                 save_checkpoint(
