@@ -174,8 +174,8 @@ class ControllerConfig:
     video_every: int = 10  # log a video of the best candidate every N generations; 0 = never
     sample_actions: bool = False  # discrete actions: sample from softmax instead of argmax
     sample_z: bool = False  # C and M get a draw from V's posterior instead of its mean (the paper's CarRacing code)
-    # An experiment (same V and M) whose kept-best C is CMA-ES's starting mean instead of zeros: a restart with
-    # this run's sigma and population, its kept best and learning curve carried over
+    # An experiment (same V and M) whose kept-best C (or mean: experiment.controller_params) is CMA-ES's starting
+    # mean instead of zeros: a restart with this run's sigma and population, its kept best and curve carried over
     init_from: str = ""
 
 
@@ -229,8 +229,9 @@ class ExperimentConfig:
     # evaluate.py: the experiment whose PPO run is evaluated and compared ("" = this one), e.g. PPO trained
     # from pixels (`ppo-lunar-pixels`) beside a World Models run
     ppo_experiment: str = ""
-    # evaluate.py: which C of stage 4's checkpoint plays: best = the kept best (the highest re-evaluation) |
-    # mean = CMA-ES's mean at the last generation (the original scored its curve on the mean)
+    # Which C of stage 4's checkpoint evaluate.py plays, and `controller.init_from` restarts from: best = the
+    # kept best (the highest re-evaluation) | mean = CMA-ES's mean at the last generation (the original
+    # scored its curve on the mean)
     controller_params: str = "best"
 
 

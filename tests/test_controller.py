@@ -479,3 +479,13 @@ def test_a_restart_starts_cmaes_at_the_sources_kept_best_and_carries_its_curve(l
     with pytest.raises(WorldModelsError, match="controller.init_from='lunarlander-v3': .* another M"):
         train_controller(other)
     assert not checkpoint_path(other, "controller").exists()
+    # experiment.controller_params=mean: the restart starts from the source's CMA-ES mean instead.
+    from_mean = copy.deepcopy(restart)
+    from_mean.experiment.name, from_mean.controller.init_from, from_mean.controller.generations = "from-mean", "lunarlander-v3", 1
+    from_mean.experiment.controller_params = "mean"
+    (root / "from-mean").mkdir()
+    for stage in ("vae", "vae_best", "mdnrnn", "mdnrnn_best"):
+        shutil.copy(checkpoint_path(source, stage), checkpoint_path(from_mean, stage))
+    train_controller(from_mean)
+    torch.testing.assert_close(load_controller_checkpoint(from_mean)["initial_params"], before["mean_params"])
+    assert not torch.equal(before["mean_params"], before["best_params"])

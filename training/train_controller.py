@@ -13,8 +13,8 @@ re-evaluation, so successive candidates are compared on the same episodes. The p
 the maximum of many scores on one set of episodes, so its score is optimistic; evaluate.py's episodes
 (other seeds again) give the unbiased figure. The CMA-ES state is checkpointed each generation, so a run resumes where it stopped.
 
-`controller.init_from=<experiment>` restarts CMA-ES from that experiment's kept best (same V and M) with
-this run's sigma and population: for when a long run's sigma has shrunk and its curve flattened. The
+`controller.init_from=<experiment>` restarts CMA-ES from that experiment's kept best (or its CMA-ES mean,
+with `experiment.controller_params=mean`; same V and M) with this run's sigma and population: for when a long run's sigma has shrunk and its curve flattened. The
 source's kept best (re-scored on this run's re-evaluation episodes first, in real mode: its own score was
 the best of many on the source's) and learning curve carry over, so its work counts in the new totals.
 
@@ -141,7 +141,7 @@ def _restart_source(cfg: Config, num_params: int, fingerprints: dict[str, str]) 
 
 def starting_mean(cfg: Config, num_params: int, fingerprints: dict[str, str]) -> Optional[np.ndarray]:
     """CMA-ES's first mean: None (zeros) for a run from scratch; for a restart (`controller.init_from`) the
-    source's kept best, which the checkpoint keeps as `initial_params` so that a resumed restart replays
+    source's kept best or, with `experiment.controller_params=mean`, its CMA-ES mean, which the checkpoint keeps as `initial_params` so that a resumed restart replays
     from the same point even after the source has moved on. (N,) float64."""
     path = checkpoint_path(cfg, "controller")
     if path.is_file():
@@ -150,7 +150,7 @@ def starting_mean(cfg: Config, num_params: int, fingerprints: dict[str, str]) ->
     if not cfg.controller.init_from:
         return None
     checkpoint = _restart_source(cfg, num_params, fingerprints)
-    return checkpoint["best_params"].double().numpy()
+    return checkpoint[f"{cfg.experiment.controller_params}_params"].double().numpy()
 
 
 def _kept_best_on_this_backend(cfg: Config, saved_config: dict, curve: LearningCurve, best_score: float) -> float:
