@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import Config, EnvConfig, canonical_env_id
-from models.loaders import agent_fingerprint, build_policy, load_controller_checkpoint, load_world_model_agent
+from config import CONTROLLER_PARAMS, Config, EnvConfig, canonical_env_id
+from models.loaders import (agent_fingerprint, build_policy, chosen_controller_params, load_controller_checkpoint,
+                            load_world_model_agent)
 from models.ppo_agent import PPOAgent
 from training.dream import dream_candidates, dream_generator, dream_video, load_dream_starts
 from training.learning_curve import read_curve_csv
@@ -93,9 +94,9 @@ def _trained_config(cfg: Config, stage: str) -> Config:
     return trained_config(cfg, stage, hint)
 
 
-def c_params(cfg: Config) -> str:
-    """Which C plays for world_models: "best" (the kept best) or "mean" (CMA-ES's mean)."""
-    return cfg.experiment.controller_params
+def _mean_suffix(cfg: Config) -> str:
+    """Results of CMA-ES's mean sit beside, not over, the kept best's: "_cmaes_mean", or ""."""
+    return "_cmaes_mean" if cfg.experiment.controller_params == "mean" else ""
 
 
 def ppo_run(cfg: Config) -> Config:
@@ -262,7 +263,7 @@ def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Opti
     tau = c.temperature if temperature is None else temperature
     torch_device = resolve_device(device)
     policy = build_policy(trained, torch_device, env_action_space(trained.env))
-    params = load_controller_checkpoint(trained, torch_device)[f"{c_params(cfg)}_params"].to(torch_device)
+    params = chosen_controller_params(load_controller_checkpoint(trained, torch_device), cfg).to(torch_device)
     starts = load_dream_starts(trained, policy.vae, torch_device)
     generator = dream_generator(trained.experiment.seed, "evaluate", 0, torch_device)
     started = time.perf_counter()
@@ -456,8 +457,9 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         summary, rows = evaluate_in_dream(cfg, episodes, cfg.experiment.device, temperature, video)
         print(format_table([summary]))
         folder = experiment_dir(cfg, "results")
-        name = summary.method + ("_cmaes_mean" if c_params(cfg) == "mean" else "")
-        write_results(folder, name, [summary], rows, {"env_id": cfg.env.env_id, "controller_params": c_params(cfg)})
+        name = summary.method + _mean_suffix(cfg)
+        write_results(folder, name, [summary], rows,
+                      {"env_id": cfg.env.env_id, "controller_params": cfg.experiment.controller_params})
         print(f"results: {folder / f'eval_{name}.json'}")
         return {"summaries": [summary], "rows": rows}
     methods = list(METHODS) if method == "compare" else [method]
@@ -465,7 +467,7 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         _trained_config(cfg, "controller")
         _trained_config(ppo_run(cfg), "ppo")
     seeds = episode_seeds(cfg, "evaluate", 0, episodes)
-    which = {"best": "the kept best", "mean": "CMA-ES's mean"}[c_params(cfg)]
+    which = {"best": "the kept best", "mean": "CMA-ES's mean"}[cfg.experiment.controller_params]
     print(f"evaluate: {cfg.env.env_id}, {episodes} episodes per method, env seeds {seeds[0]}..{seeds[-1]}"
           + (f"; World Models' C: {which}" if "world_models" in methods else ""))
     summaries, rows = [], []
@@ -477,7 +479,7 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
     folder = experiment_dir(cfg, "results")
     extra: dict[str, Any] = {"env_id": cfg.env.env_id, "seeds": seeds.tolist()}
     if "world_models" in methods:
-        extra["controller_params"] = c_params(cfg)
+        extra["controller_params"] = cfg.experiment.controller_params
     if method == "compare":
         wm = np.array([r["return"] for r in rows if r["method"] == "world_models"])
         ppo = np.array([r["return"] for r in rows if r["method"] == "ppo"])
@@ -488,7 +490,7 @@ def evaluate(cfg: Config, method: str, episodes: int, workers: int = 0, video: b
         extra["ppo_experiment"] = ppo_run(cfg).experiment_name  # whose PPO played (--ppo-experiment)
     # Files of a run on EnvPool, or of CMA-ES's mean, sit beside, not over, the Gymnasium ones and the kept
     # best's (evaluating a transfer, or the mean against the kept best, needs both).
-    name = method + ("_cmaes_mean" if "world_models" in methods and c_params(cfg) == "mean" else "")
+    name = method + (_mean_suffix(cfg) if "world_models" in methods else "")
     name += "_envpool" if any(s.backend == "envpool" for s in summaries) else ""
     write_results(folder, name, summaries, rows, extra)
     if method == "compare":
@@ -511,7 +513,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--ppo-experiment", default="",
                         help="ppo / compare: the experiment that trained PPO (default: --experiment), e.g. PPO "
                              "from pixels beside a World Models run")
-    parser.add_argument("--controller", choices=("best", "mean"), default=None,
+    parser.add_argument("--controller", choices=CONTROLLER_PARAMS, default=None,
                         help="world_models: play the kept best C (default) or CMA-ES's mean at the last generation")
     args = parser.parse_args(argv)
     if args.controller:

@@ -142,10 +142,15 @@ def build_policy(cfg: Config, device: torch.device, action_space: gym.Space, exp
                             cfg.controller.action_mapping, cfg.controller.sample_z)
 
 
+def chosen_controller_params(checkpoint: dict[str, Any], cfg: Config) -> torch.Tensor:
+    """The C of a stage-4 checkpoint that `experiment.controller_params` names: the kept best or CMA-ES's mean. (N,)"""
+    return checkpoint[f"{cfg.experiment.controller_params}_params"]
+
+
 def load_world_model_agent(cfg: Config, device: torch.device | str, exploration: float = 0.0) -> WorldModelAgent:
     """The trained World Models agent of `cfg`'s experiment: V, M and C, the kept best or CMA-ES's mean
     (`experiment.controller_params`), its actions perturbed by `explore_actions` when `exploration` > 0."""
     device = torch.device(device)
     policy = build_policy(cfg, device, env_action_space(cfg.env), exploration)
     checkpoint = load_controller_checkpoint(cfg, device)
-    return WorldModelAgent(policy, checkpoint[f"{cfg.experiment.controller_params}_params"])
+    return WorldModelAgent(policy, chosen_controller_params(checkpoint, cfg))

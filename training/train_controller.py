@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from config import Config, ControllerConfig, EnvConfig
 from models.controller import CMAES
-from models.loaders import build_policy, load_controller_checkpoint, make_controller, weights_fingerprint
+from models.loaders import (build_policy, chosen_controller_params, load_controller_checkpoint, make_controller,
+                            weights_fingerprint)
 from training.dream import dream_candidates, dream_generator, dream_scores, dream_video, load_dream_starts
 from training.learning_curve import LearningCurve
 from training.population import run_episodes
@@ -150,7 +151,7 @@ def starting_mean(cfg: Config, num_params: int, fingerprints: dict[str, str]) ->
     if not cfg.controller.init_from:
         return None
     checkpoint = _restart_source(cfg, num_params, fingerprints)
-    return checkpoint[f"{cfg.experiment.controller_params}_params"].double().numpy()
+    return chosen_controller_params(checkpoint, cfg).double().numpy()
 
 
 def _kept_best_on_this_backend(cfg: Config, saved_config: dict, curve: LearningCurve, best_score: float) -> float:
