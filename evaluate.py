@@ -251,7 +251,8 @@ def evaluate_method(method: str, cfg: Config, episodes: int, workers: int, devic
 
 def evaluate_in_dream(cfg: Config, episodes: int, device: str, temperature: Optional[float],
                       video: bool) -> tuple[Summary, list[dict]]:
-    """Play the kept-best C (or CMA-ES's mean: `experiment.controller_params`) of `cfg`'s experiment for `episodes` episodes inside its M, all as one batch.
+    """Play the kept-best C (or CMA-ES's mean: `experiment.controller_params`) of `cfg`'s experiment for
+    `episodes` episodes inside its M, all as one batch.
 
     Episodes start from V's posteriors of the collected episodes' first frames and run at `temperature`
     (None: the tau C was trained with) up to `controller.dream_max_steps`; a row's `seed` is the dream

@@ -14,8 +14,8 @@ the maximum of many scores on one set of episodes, so its score is optimistic; e
 (other seeds again) give the unbiased figure. The CMA-ES state is checkpointed each generation, so a run resumes where it stopped.
 
 `controller.init_from=<experiment>` restarts CMA-ES from that experiment's kept best (or its CMA-ES mean,
-with `experiment.controller_params=mean`; same V and M) with this run's sigma and population: for when a long run's sigma has shrunk and its curve flattened. The
-source's kept best (re-scored on this run's re-evaluation episodes first, in real mode: its own score was
+with `experiment.controller_params=mean`; same V and M) with this run's sigma and population: for when a
+long run's sigma has shrunk and its curve flattened. The source's kept best (re-scored on this run's re-evaluation episodes first, in real mode: its own score was
 the best of many on the source's) and learning curve carry over, so its work counts in the new totals.
 
 `controller.mode=dream` takes the fitness from M instead (paper, section 4.4; `training/dream.py`): every
@@ -142,8 +142,9 @@ def _restart_source(cfg: Config, num_params: int, fingerprints: dict[str, str]) 
 
 def starting_mean(cfg: Config, num_params: int, fingerprints: dict[str, str]) -> Optional[np.ndarray]:
     """CMA-ES's first mean: None (zeros) for a run from scratch; for a restart (`controller.init_from`) the
-    source's kept best or, with `experiment.controller_params=mean`, its CMA-ES mean, which the checkpoint keeps as `initial_params` so that a resumed restart replays
-    from the same point even after the source has moved on. (N,) float64."""
+    source's kept best or, with `experiment.controller_params=mean`, its CMA-ES mean, which the checkpoint
+    keeps as `initial_params` so that a resumed restart replays from the same point even after the source has
+    moved on. (N,) float64."""
     path = checkpoint_path(cfg, "controller")
     if path.is_file():
         initial = load_controller_checkpoint(cfg).get("initial_params")
@@ -189,8 +190,9 @@ def train_controller(cfg: Config) -> Path:
     carried = max(0, len(curve.rows) - start_generation)
     restart = {} if x0 is None else {"initial_params": torch.as_tensor(x0, dtype=torch.float32)}
     if x0 is not None and not start_generation:
-        print(f"controller: restarting CMA-ES (sigma {c.sigma}, population {c.population_size}) from the kept best of "
-              f"experiment {c.init_from!r} ({best_score:.1f}, after {carried} generations)")
+        start = {"best": "kept best", "mean": "CMA-ES mean"}[cfg.experiment.controller_params]
+        print(f"controller: restarting CMA-ES (sigma {c.sigma}, population {c.population_size}) from the {start} of "
+              f"experiment {c.init_from!r} after its {carried} generations (its kept best: {best_score:.1f})")
     if start_generation >= c.generations:
         print(f"controller: {path} already has {start_generation} generations (best score {best_score:.1f}); nothing to do")
         return path
