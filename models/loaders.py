@@ -49,10 +49,15 @@ def load_vae(cfg: Config, device: torch.device | str) -> ConvVAE:
     Fails with one line when there is no checkpoint, or it was trained on another env or latent size.
     """
     device = torch.device(device)
-    checkpoint = load_vae_checkpoint(cfg, _served_path(cfg, "vae"), device)
-    model = ConvVAE(cfg.vae.latent_size, cfg.vae.batch_norm)
+    return vae_from_checkpoint(load_vae_checkpoint(cfg, _served_path(cfg, "vae"), device), device, cfg.vae.channels_last)
+
+
+def vae_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | str, channels_last: bool) -> ConvVAE:
+    """The V of a loaded V checkpoint, built as its saved config says, in eval mode on `device`."""
+    saved = checkpoint_config(checkpoint).vae
+    model = ConvVAE(saved.latent_size, saved.batch_norm)
     model.load_state_dict(checkpoint["model"])
-    if cfg.vae.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval()
 

@@ -12,8 +12,8 @@ from config import get_config
 from tools import vae_on_rollouts
 from training.collect import collect
 from training.train_utils import run_cli
-from training.train_vae import train_vae
-from utils.data import rollout_dir
+from training.train_vae import mean_frame, train_vae
+from utils.data import list_episodes, rollout_dir
 from utils.files import checkpoint_path
 
 
@@ -45,7 +45,8 @@ def test_the_longer_trained_v_scores_better_on_its_episodes(folder_and_vaes):
     for path in (barely, trained):
         model, trained_cfg = vae_on_rollouts.load_vae_file(path, "LunarLander-v3", torch.device("cpu"))
         assert not model.training and trained_cfg.vae.batch_size == 16  # the V's own config, not the command's
-        scores[path] = vae_on_rollouts.score_vae(model, trained_cfg, folder, torch.device("cpu"))
+        paths = list_episodes(folder)
+        scores[path] = vae_on_rollouts.score_vae(model, trained_cfg, paths, mean_frame(paths, "cpu"), torch.device("cpu"))
     assert scores[trained]["recon_loss"] < scores[barely]["recon_loss"]
     assert scores[trained]["pixel_accuracy"] > scores[barely]["pixel_accuracy"]
     assert 0.0 <= scores[barely]["foreground_pixel_accuracy"] <= 1.0  # a mean frame to measure it against

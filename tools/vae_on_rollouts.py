@@ -23,14 +23,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from config import Config  # noqa: E402
+from models.loaders import vae_from_checkpoint  # noqa: E402
 from models.vae import ConvVAE  # noqa: E402
 from training.train_utils import add_common_args, config_from_args, run_cli  # noqa: E402
 from training.train_vae import mean_frame, validate  # noqa: E402
-from utils.data import FrameChunkLoader, list_episodes  # noqa: E402
+from utils.data import FrameChunkLoader, episode_lengths, list_episodes  # noqa: E402
 from utils.errors import WorldModelsError  # noqa: E402
 from utils.files import checkpoint_config, load_checkpoint  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
@@ -42,20 +42,16 @@ def load_vae_file(path: Path, env_id: str, device: torch.device) -> tuple[ConvVA
     """The V of a checkpoint file (best or last, any experiment), in eval mode, with the config it was trained under."""
     checkpoint = load_checkpoint(Path(path), "vae", env_id=env_id, map_location=device)
     trained = checkpoint_config(checkpoint)
-    model = ConvVAE(trained.vae.latent_size, trained.vae.batch_norm)
-    model.load_state_dict(checkpoint["model"])
-    if trained.vae.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval(), trained
+    return vae_from_checkpoint(checkpoint, device, trained.vae.channels_last), trained
 
 
-def score_vae(model: ConvVAE, trained: Config, folder: Path, device: torch.device) -> dict[str, Any]:
-    """`validate`'s metrics of `model` over every frame of `folder`'s episodes (B, 64, 64, 3) uint8, the
-    foreground measured against those episodes' own mean frame."""
-    paths = list_episodes(folder)
+def score_vae(model: ConvVAE, trained: Config, paths: list[Path], background: torch.Tensor,
+              device: torch.device) -> dict[str, Any]:
+    """`validate`'s metrics of `model` over every frame of the episodes `paths` (B, 64, 64, 3) uint8, the
+    foreground measured against `background` (3, 64, 64), those episodes' own mean frame (`mean_frame`)."""
     loader = FrameChunkLoader(paths, trained.vae.batch_size, trained.vae.episodes_per_chunk, seed=0, shuffle=False,
                               drop_last=False)
-    return validate(model, loader, trained, device, background=mean_frame(paths, device))
+    return validate(model, loader, trained, device, background=background)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,14 +68,16 @@ def main(argv: list[str] | None = None) -> None:
     for folder in args.rollouts:
         if not list_episodes(folder):
             raise WorldModelsError(f"--rollouts {folder}: no episodes there (collect them with python -m training.collect)")
+    episodes = {folder: list_episodes(folder) for folder in args.rollouts}  # read once, scored by every V
+    frames = {folder: int(episode_lengths(paths).sum()) for folder, paths in episodes.items()}
+    backgrounds = {folder: mean_frame(paths, device) for folder, paths in episodes.items()}
     print(f"{'V':48s} {'episodes':48s} {'frames':>7s} " + " ".join(f"{name:>25s}" for name in METRICS))
     for path in args.vaes:
         model, trained = load_vae_file(path, cfg.env.env_id, device)
-        for folder in args.rollouts:
-            scores = score_vae(model, trained, folder, device)
-            frames = sum(len(np.load(episode)["rewards"]) for episode in list_episodes(folder))
-            print(f"{str(path):48s} {str(folder):48s} {frames:7d} " + " ".join(f"{scores[name]:25.4f}" for name in METRICS))
-
+        for folder, paths in episodes.items():
+            scores = score_vae(model, trained, paths, backgrounds[folder], device)
+            print(f"{str(path):48s} {str(folder):48s} {frames[folder]:7d} "
+                  + " ".join(f"{scores[name]:25.4f}" for name in METRICS))
 
 if __name__ == "__main__":
     run_cli(main)

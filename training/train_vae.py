@@ -29,7 +29,7 @@ from models.vae import ConvVAE, background_distance, foreground_weights, frames_
 from training.distributed import DistributedContext, print_main
 from training.epochs import EpochLoop, epoch_seed, run_data_parallel, split_for_validation
 from training.train_utils import autocast, run_cli, run_stage
-from utils.data import FrameChunkLoader, load_episode, require_episodes
+from utils.data import FrameChunkLoader, episode_lengths, load_episode, require_episodes
 from utils.errors import WorldModelsError
 from utils.files import experiment_dir
 from utils.images import image_grid, save_png
@@ -200,12 +200,6 @@ def sample_frames(paths: list[Path], count: int) -> np.ndarray:
     return np.concatenate(picked)
 
 
-def _episode_lengths(paths: list[Path]) -> np.ndarray:
-    """(len(paths),) int64 frames per episode."""
-    # The rewards array has one entry per frame and is tiny: reading it avoids loading any frames.
-    return np.array([len(load_episode(path, keys=("rewards",))["rewards"]) for path in paths], dtype=np.int64)
-
-
 def _steps_per_epoch(cfg: Config, loader: FrameChunkLoader, episode_lengths: np.ndarray) -> int:
     """The steps of `loader`'s next pass: full batches of the smallest rank's episodes (every rank must
     take as many steps as the others, or its gradient all_reduce would wait forever), capped by
@@ -243,26 +237,26 @@ def _train_vae(cfg: Config, world: DistributedContext) -> Path:
 
     per_rank_batch = world.per_rank_batch(v.batch_size, "vae.batch_size")
     train_paths, val_paths = split_for_validation(require_episodes(cfg), v.val_fraction, "vae")
-    episode_lengths = _episode_lengths(train_paths)
+    lengths = episode_lengths(train_paths)
 
     def train_loader(epoch: int) -> FrameChunkLoader:
         # Seeded by epoch, so a resumed run sees the batches an uninterrupted one would have.
         return FrameChunkLoader(train_paths, per_rank_batch, v.episodes_per_chunk, epoch_seed(cfg.experiment.seed, epoch),
                                 rank=world.rank, world_size=world.world_size)
 
-    steps_per_epoch = _steps_per_epoch(cfg, train_loader(loop.start_epoch), episode_lengths)
+    steps_per_epoch = _steps_per_epoch(cfg, train_loader(loop.start_epoch), lengths)
     val_loader = FrameChunkLoader(val_paths, v.batch_size, v.episodes_per_chunk, cfg.experiment.seed, shuffle=False, drop_last=False)
     grid_frames = sample_frames(val_paths, GRID_FRAMES)
     background = mean_frame(train_paths, device)
     processes = f", {world.world_size} processes of {per_rank_batch} frames per batch" if world.world_size > 1 else ""
-    print_main(f"vae: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({int(episode_lengths.sum())} frames, "
+    print_main(f"vae: {cfg.env.env_id} on {device}{processes}, {len(train_paths)} training episodes ({int(lengths.sum())} frames, "
                f"{steps_per_epoch} steps/epoch), {len(val_paths)} validation episodes; {v.recon_loss} loss, beta {v.beta}")
 
     writer = loop.open_writer()  # None on ranks other than 0
     png_dir = experiment_dir(cfg, "logs") / "vae"
     for epoch in loop.remaining_epochs():
         loader = train_loader(epoch)
-        steps_per_epoch = _steps_per_epoch(cfg, loader, episode_lengths)
+        steps_per_epoch = _steps_per_epoch(cfg, loader, lengths)
         loop.begin_epoch(epoch, steps_per_epoch)
         for step, frames_uint8 in enumerate(loader):
             if step >= steps_per_epoch:

@@ -122,6 +122,12 @@ def load_episode(path: Path, keys: Sequence[str] = EPISODE_KEYS) -> dict[str, np
     return data
 
 
+def episode_lengths(paths: Sequence[Path]) -> np.ndarray:
+    """(len(paths),) int64 frames per episode."""
+    # The rewards array has one entry per frame and is tiny: reading it avoids loading any frames.
+    return np.array([len(load_episode(path, keys=("rewards",))["rewards"]) for path in paths], dtype=np.int64)
+
+
 def load_episode_metadata(path: Path) -> dict[str, object]:
     data = load_episode(path, keys=("seed", "env_id", "policy", "fire_to_serve"))
     return {"seed": int(data["seed"]), "env_id": str(data["env_id"]), "policy": str(data["policy"]),
