@@ -42,3 +42,34 @@ def test_memory_states_are_the_h_an_agent_sees_step_by_step():
             expected.append(hidden[0][0, 0].detach().numpy())
             hidden = mdnrnn.step(z[t : t + 1], actions[t : t + 1], hidden)[-1]
     np.testing.assert_allclose(memory_states(mdnrnn, z, actions, episode_index), np.stack(expected), atol=1e-6)
+
+
+class FullGas:
+    """A driver that holds the gas down and steers straight."""
+
+    def reset(self, seed=None):
+        pass
+
+    def act(self, frame):
+        return np.array([0.0, 1.0, 0.0], np.float32)
+
+
+def test_carracing_state_is_the_cars_speed_and_yaw_rate_played_by_the_given_driver():
+    cfg = get_config("CarRacing-v3", overrides=["env.max_episode_steps=40", "env.backend=gymnasium"])
+    frames, states, actions, episode_index = play(cfg, 2, FullGas())
+    assert frames.shape == (80, 64, 64, 3) and states.shape == (80, 2)
+    np.testing.assert_array_equal(actions, np.tile([0.0, 1.0, 0.0], (80, 1)))  # the driver's actions
+    for episode in (0, 1):
+        speed = states[episode_index == episode, 0]
+        assert speed[0] == 0.0  # each frame is paired with the state it shows: at rest at the start
+        assert np.all(np.diff(speed[5:]) > 0) and speed[-1] > 10  # full gas: faster every step
+
+
+def test_probe_refuses_a_state_probe_of_carracing_on_envpool(capsys):
+    import pytest
+
+    from tools.probe_state import main
+    from utils.errors import WorldModelsError
+
+    with pytest.raises(WorldModelsError, match="--backend envpool"):
+        main(["--env", "CarRacing-v3", "--backend", "envpool", "--memory"])
