@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from config import get_config
 from models.mdnrnn import MDNRNN
-from tools.probe_state import memory_states, play, ridge_r2
+from tools.probe_state import main, memory_states, play, ridge_r2
+from utils.errors import WorldModelsError
 
 
 def test_play_pairs_each_frame_with_the_state_it_shows():
@@ -65,11 +67,6 @@ def test_carracing_state_is_the_cars_speed_and_yaw_rate_played_by_the_given_driv
         assert np.all(np.diff(speed[5:]) > 0) and speed[-1] > 10  # full gas: faster every step
 
 
-def test_probe_refuses_a_state_probe_of_carracing_on_envpool(capsys):
-    import pytest
-
-    from tools.probe_state import main
-    from utils.errors import WorldModelsError
-
+def test_probe_refuses_a_state_probe_of_carracing_on_envpool():
     with pytest.raises(WorldModelsError, match="--backend envpool"):
         main(["--env", "CarRacing-v3", "--backend", "envpool", "--memory"])

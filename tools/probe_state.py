@@ -136,10 +136,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         driver_cfg = copy.deepcopy(cfg)
         driver_cfg.experiment.name = args.driver
         driver_cfg = trained_config(driver_cfg, "controller")
-        framing = lambda env_cfg: (env_cfg.crop_top, env_cfg.crop_bottom, env_cfg.frame_size)  # noqa: E731
-        if framing(driver_cfg.env) != framing(cfg.env):
+        driver_framing, framing = ((e.crop_top, e.crop_bottom, e.frame_size) for e in (driver_cfg.env, cfg.env))
+        if driver_framing != framing:
             raise WorldModelsError(f"--driver {args.driver}: its frames (crop top, crop bottom, size) are "
-                                   f"{framing(driver_cfg.env)}, this experiment's {framing(cfg.env)}; the probe "
+                                   f"{driver_framing}, this experiment's {framing}; the probe "
                                    "must see the frames the driver's C saw")
         driver = load_world_model_agent(driver_cfg, device)
     frames, states, actions, episode_index = play(cfg, args.episodes, driver)
