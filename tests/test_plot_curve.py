@@ -77,3 +77,27 @@ def test_missing_curve_is_one_line_and_exit_2(tmp_path, capsys):
         plot_curve.main([str(tmp_path / "nope.csv")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: not found: {tmp_path / 'nope.csv'}"
+
+
+def test_an_offset_places_a_round_at_the_work_it_stands_on(tmp_path, capsys):
+    curve = LearningCurve()
+    for generation, (mean, evaluation) in enumerate([(10.0, (30.0, 20.0)), (50.0, (80.0, 70.0))], 1):
+        curve.add(generation, 3000, 3_000_000, 0, 60.0, np.array([mean - 5, mean + 5]), 0.1, evaluation, 0.0, True)
+    path = curve.write_csv(tmp_path / "round2" / "controller_curve.csv")
+    plot_curve.main([str(path), str(path), "--labels", "alone", "shifted", "--offsets", "0", "6000",
+                     "--out", str(tmp_path / "curve.png")])
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    # Alone its generations end at 3,000 and 6,000 episodes: generation 1's values at 5k, and it never
+    # got to 10k. Shifted by 6,000 they end at 9,000 and 12,000: nothing at 5k, generation 1's at 10k.
+    assert lines["alone"][6:12] == ["10.0", "/", "30.0", "-", "/", "-"]
+    assert lines["shifted"][6:12] == ["-", "/", "-", "10.0", "/", "30.0"]
+
+
+def test_offsets_must_be_one_per_curve(tmp_path, capsys):
+    curve = LearningCurve()
+    curve.add(1, 2000, 2_000_000, 0, 60.0, np.array([0.0, 1.0]), 0.1, None, 0.0, True)
+    path = curve.write_csv(tmp_path / "run" / "controller_curve.csv")
+    with pytest.raises(SystemExit) as exit_info:
+        plot_curve.main([str(path), "--offsets", "1", "2"])
+    assert exit_info.value.code == 2
+    assert "--offsets 1 2: give one number >= 0 per curve (1)" in capsys.readouterr().err

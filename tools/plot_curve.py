@@ -5,6 +5,11 @@
     python tools/plot_curve.py pretrained/doomtakecover-v0/tau1.15/controller_curve.csv --task doom \
         --out docs/doom_curve.png
     python tools/plot_curve.py checkpoints/wm-pong/controller_curve.csv --task any --out docs/wm_pong_curve.png
+    python tools/plot_curve.py long/controller_curve.csv round2/controller_curve.csv --offsets 0 25767
+
+`--offsets` places a curve at the work spent before it started: a round of the iterative procedure stands
+on the episodes collected for it and on the earlier rounds' C episodes (the C that collected them), so it
+is compared with the original at their sum, not at its own count.
 
 Reads stage 4's `controller_curve.csv` (training/learning_curve.py) and the original run's published
 logs (`docs/reference/*_paper_*.csv`, from hardmaru/WorldModelsExperiments).
@@ -60,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", nargs="+", type=Path, help="controller_curve.csv files")
     parser.add_argument("--labels", nargs="+", default=None, help="one label per curve (default: its folder)")
+    parser.add_argument("--offsets", nargs="+", type=float, default=None,
+                        help="one per curve: the work spent before it started, in the x axis' unit (real episodes; "
+                             "doom: dream episodes; any: env steps), added to its x (default: 0 each)")
     parser.add_argument("--task", choices=("carracing", "doom", "any"), default="carracing",
                         help="which of the paper's experiments the curves are compared with (any: none)")
     parser.add_argument("--reference", type=Path, default=REFERENCE_DIR, help="folder of the *_paper_*.csv logs")
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     labels = args.labels or [path.parent.name for path in args.curves]
     if len(labels) != len(args.curves):
         print(f"error: {len(labels)} labels for {len(args.curves)} curves", file=sys.stderr)
+        raise SystemExit(2)
+    offsets = args.offsets or [0.0] * len(args.curves)
+    if len(offsets) != len(args.curves) or min(offsets) < 0:
+        print(f"error: --offsets {' '.join(f'{o:g}' for o in offsets)}: give one number >= 0 per curve "
+              f"({len(args.curves)})", file=sys.stderr)
         raise SystemExit(2)
     needed = [*args.curves, args.reference] if original else args.curves
     missing = [str(path) for path in needed if not path.exists()]
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         paper_population = series(read_curve_csv(args.reference / "carracing_paper_cmaes.csv"), "real_episodes", "population_mean")
         paper_mean_eval = series(read_curve_csv(args.reference / "carracing_paper_mean_eval.csv"), "real_episodes_in_training",
                                  "mean_params_score_1024_episodes")
-    runs = {label: read_curve_csv(path) for label, path in zip(labels, args.curves)}
+    runs = {label: (read_curve_csv(path), offset) for label, path, offset in zip(labels, args.curves, offsets)}
 
     import matplotlib
 
@@ -105,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         table.append(("original", paper_population, paper_mean_eval))
     if paper_mean_eval[0]:
         axis.plot(*paper_mean_eval, "o-", color="black", markersize=3, label="original: CMA-ES mean, 1,024 episodes")
-    for label, rows in runs.items():
-        population = series(rows, x, "fitness_mean")
-        mean_eval = series(rows, x, "eval_mean_params")
+    for label, (rows, offset) in runs.items():
+        population, mean_eval = ((([value + offset for value in xs], ys)) for xs, ys in
+                                 (series(rows, x, "fitness_mean"), series(rows, x, "eval_mean_params")))
         line, = axis.plot(*population, linewidth=1, label=f"{label}: population mean" + (" (dream)" if doom else ""))
         axis.plot(*mean_eval, "o-", color=line.get_color(), markersize=3,
                   label=f"{label}: CMA-ES mean, " + ("real game" if doom else "re-evaluated"))
